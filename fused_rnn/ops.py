@@ -1,0 +1,436 @@
+"""The recurrence custom ops: torch.library registration, fake functions and autograd.
+
+One op per cell and direction of differentiation, shared by every backend; the `backend` argument
+names the implementation (see `fused_rnn.backends`), which receives contiguous, validated inputs.
+
+    fused_rnn::rnn_forward   (xw, w_hh, h0, lengths, relu, backend)       -> hs, h_n
+    fused_rnn::lstm_forward  (xw, w_hh, w_hr, h0, c0, lengths, backend)   -> hs, h_n, c_n, cs, gates
+    fused_rnn::gru_forward   (xw, w_hh, b_hn, h0, lengths, backend)       -> hs, h_n, gates
+    fused_rnn::*_backward    the gate and initial-state gradients (see `fused_rnn.reference`)
+
+Autograd: the forward ops' backward calls the backward op of the same backend for the gate
+gradients, then forms the weight gradients as GEMMs over all steps (deterministic, no atomics).
+The backward ops are differentiable too (double backward): their own backward is a vector-Jacobian
+product through the float64-capable reference, recomputing the forward from the original inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .backends import get_backend
+
+# ----------------------------------------------------------------------------------------------
+# Validation shared by the real and the fake implementations.
+# ----------------------------------------------------------------------------------------------
+
+
+def _expect_shape(name: str, tensor: Tensor, shape: Sequence[int]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise RuntimeError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def _expect_like(name: str, tensor: Tensor, xw: Tensor) -> None:
+    if tensor.dtype != xw.dtype:
+        raise RuntimeError(f"{name} must have dtype {xw.dtype} (the dtype of xw), got {tensor.dtype}")
+    if tensor.device != xw.device:
+        raise RuntimeError(f"{name} must be on {xw.device} (the device of xw), got {tensor.device}")
+
+
+def _check_xw(xw: Tensor, gates: int, hidden: int) -> tuple[int, int]:
+    if xw.dim() != 3 or xw.shape[2] != gates * hidden:
+        raise RuntimeError(
+            f"xw must have shape [T, B, {gates}*H] = [T, B, {gates * hidden}], got {list(xw.shape)}"
+        )
+    if xw.shape[0] < 1:
+        raise RuntimeError(f"xw must have at least one time step, got shape {list(xw.shape)}")
+    if not xw.is_floating_point():
+        raise RuntimeError(f"xw must be a floating-point tensor, got {xw.dtype}")
+    return xw.shape[0], xw.shape[1]
+
+
+def _check_lengths(lengths: Optional[Tensor], batch: int, xw: Tensor) -> None:
+    if lengths is None:
+        return
+    if lengths.dtype != torch.int64:
+        raise RuntimeError(f"lengths must have dtype torch.int64, got {lengths.dtype}")
+    if lengths.device != xw.device:
+        raise RuntimeError(f"lengths must be on {xw.device} (the device of xw), got {lengths.device}")
+    _expect_shape("lengths", lengths, [batch])
+
+
+def check_lengths_range(lengths: Optional[Tensor], steps: int) -> None:
+    """Every length in 1..steps (reads the values: real tensors only)."""
+    if lengths is None or lengths.numel() == 0:
+        return
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > steps:
+        raise RuntimeError(
+            f"lengths must lie in [1, {steps}] (T = {steps} time steps), got values in [{low}, {high}]"
+        )
+
+
+def _check_tensors(xw: Tensor, named: dict[str, tuple[Optional[Tensor], Sequence[int]]]) -> None:
+    for name, (tensor, shape) in named.items():
+        if tensor is not None:
+            _expect_like(name, tensor, xw)
+            _expect_shape(name, tensor, shape)
+
+
+def check_rnn_args(xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tensor]) -> None:
+    hidden = w_hh.shape[-1]
+    steps, batch = _check_xw(xw, 1, hidden)
+    _check_tensors(xw, {"w_hh": (w_hh, [hidden, hidden]), "h0": (h0, [batch, hidden])})
+    _check_lengths(lengths, batch, xw)
+
+
+def check_lstm_args(
+    xw: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor]
+) -> None:
+    hidden = c0.shape[-1]
+    steps, batch = _check_xw(xw, 4, hidden)
+    state = hidden if w_hr is None else w_hr.shape[0]
+    _check_tensors(
+        xw,
+        {
+            "w_hh": (w_hh, [4 * hidden, state]),
+            "w_hr": (w_hr, [state, hidden]),
+            "h0": (h0, [batch, state]),
+            "c0": (c0, [batch, hidden]),
+        },
+    )
+    _check_lengths(lengths, batch, xw)
+
+
+def check_gru_args(
+    xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor]
+) -> None:
+    hidden = w_hh.shape[-1]
+    steps, batch = _check_xw(xw, 3, hidden)
+    _check_tensors(
+        xw,
+        {"w_hh": (w_hh, [3 * hidden, hidden]), "b_hn": (b_hn, [hidden]), "h0": (h0, [batch, hidden])},
+    )
+    _check_lengths(lengths, batch, xw)
+
+
+def _contiguous(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward and backward ops.
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fused_rnn::rnn_forward", mutates_args=())
+def rnn_forward(
+    xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], relu: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    check_rnn_args(xw, w_hh, h0, lengths)
+    check_lengths_range(lengths, xw.shape[0])
+    return get_backend(backend).rnn_forward(*_contiguous(xw, w_hh, h0, lengths), relu)
+
+
+@rnn_forward.register_fake
+def _(xw, w_hh, h0, lengths, relu, backend):
+    check_rnn_args(xw, w_hh, h0, lengths)
+    return torch.empty_like(xw), torch.empty_like(h0)
+
+
+@torch.library.custom_op("fused_rnn::rnn_backward", mutates_args=())
+def rnn_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    xw: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    hs: Tensor,
+    relu: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """-> dxw [T, B, H], dh0 [B, H]. `xw` is not read by the kernels; it is an input so that the
+    backward of this op can recompute the forward."""
+    grad_hs, grad_h_n, w_hh, h0, lengths, hs = _contiguous(grad_hs, grad_h_n, w_hh, h0, lengths, hs)
+    return get_backend(backend).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
+
+
+@rnn_backward.register_fake
+def _(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, relu, backend):
+    return torch.empty_like(xw), torch.empty_like(h0)
+
+
+@torch.library.custom_op("fused_rnn::lstm_forward", mutates_args=())
+def lstm_forward(
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
+    check_lengths_range(lengths, xw.shape[0])
+    return get_backend(backend).lstm_forward(*_contiguous(xw, w_hh, w_hr, h0, c0, lengths))
+
+
+@lstm_forward.register_fake
+def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
+    check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
+    steps, batch = xw.shape[:2]
+    acc = reference.accumulation_dtype(xw.dtype)
+    return (
+        xw.new_empty(steps, batch, h0.shape[1]),
+        torch.empty_like(h0),
+        torch.empty_like(c0),
+        xw.new_empty(steps, batch, c0.shape[1], dtype=acc),
+        torch.empty_like(xw),
+    )
+
+
+@torch.library.custom_op("fused_rnn::lstm_backward", mutates_args=())
+def lstm_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    grad_c_n: Tensor,
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    hs: Tensor,
+    cs: Tensor,
+    gates: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> dxw [T, B, 4H], dh0 [B, P], dc0 [B, H], dw_hr [P, H] (shape [0] without projection)."""
+    args = _contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
+    return get_backend(backend).lstm_backward(*args)
+
+
+@lstm_backward.register_fake
+def _(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, backend):
+    dw_hr = xw.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
+    return torch.empty_like(xw), torch.empty_like(h0), torch.empty_like(c0), dw_hr
+
+
+@torch.library.custom_op("fused_rnn::gru_forward", mutates_args=())
+def gru_forward(
+    xw: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    check_gru_args(xw, w_hh, b_hn, h0, lengths)
+    check_lengths_range(lengths, xw.shape[0])
+    return get_backend(backend).gru_forward(*_contiguous(xw, w_hh, b_hn, h0, lengths))
+
+
+@gru_forward.register_fake
+def _(xw, w_hh, b_hn, h0, lengths, backend):
+    check_gru_args(xw, w_hh, b_hn, h0, lengths)
+    steps, batch, hidden = xw.shape[0], xw.shape[1], h0.shape[1]
+    return (
+        xw.new_empty(steps, batch, hidden),
+        torch.empty_like(h0),
+        xw.new_empty(steps, batch, 4 * hidden),
+    )
+
+
+@torch.library.custom_op("fused_rnn::gru_backward", mutates_args=())
+def gru_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    xw: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    hs: Tensor,
+    gates: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> dxw [T, B, 3H], d_hn [T, B, H], dh0 [B, H]."""
+    args = _contiguous(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
+    return get_backend(backend).gru_backward(*args)
+
+
+@gru_backward.register_fake
+def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
+    return torch.empty_like(xw), torch.empty_like(hs), torch.empty_like(h0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd of the forward ops.
+# ----------------------------------------------------------------------------------------------
+
+
+def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
+    """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
+
+    Two GEMMs over views (step 0 against h0, steps 1.. against hs[:-1]); no copy of hs.
+    """
+    first = d_gates[0].t() @ h0
+    rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
+    rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
+    return torch.addmm(first, rest_gates.t(), rest_hidden)
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    xw, w_hh, h0, lengths, relu, backend = inputs
+    hs, _ = output
+    ctx.save_for_backward(xw, w_hh, h0, lengths, hs)
+    ctx.relu, ctx.backend = relu, backend
+
+
+def _rnn_grad(ctx, grad_hs, grad_h_n):
+    xw, w_hh, h0, lengths, hs = ctx.saved_tensors
+    dxw, dh0 = rnn_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
+    return dxw, recurrent_weight_grad(dxw, h0, hs), dh0, None, None, None
+
+
+rnn_forward.register_autograd(_rnn_grad, setup_context=_rnn_setup_context)
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    xw, w_hh, w_hr, h0, c0, lengths, backend = inputs
+    hs, _, _, cs, gates = output
+    ctx.mark_non_differentiable(cs, gates)
+    ctx.save_for_backward(xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
+    ctx.backend = backend
+
+
+def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
+    xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
+    dxw, dh0, dc0, dw_hr = lstm_backward(
+        grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
+    )
+    dw_hh = recurrent_weight_grad(dxw, h0, hs)
+    return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
+
+
+lstm_forward.register_autograd(_lstm_grad, setup_context=_lstm_setup_context)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    xw, w_hh, b_hn, h0, lengths, backend = inputs
+    hs, _, gates = output
+    ctx.mark_non_differentiable(gates)
+    ctx.save_for_backward(xw, w_hh, b_hn, h0, lengths, hs, gates)
+    ctx.backend = backend
+
+
+def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
+    xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
+    dxw, d_hn, dh0 = gru_backward(
+        grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
+    )
+    hidden = h0.shape[1]
+    d_hidden_gates = torch.cat([dxw[..., : 2 * hidden], d_hn], dim=2)
+    dw_hh = recurrent_weight_grad(d_hidden_gates, h0, hs)
+    db_hn = None if b_hn is None else d_hn.sum(dim=(0, 1))
+    return dxw, dw_hh, db_hn, dh0, None, None
+
+
+gru_forward.register_autograd(_gru_grad, setup_context=_gru_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd of the backward ops (double backward), through the reference.
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_vjp(
+    function: Callable[..., Sequence[Tensor]],
+    inputs: Sequence[Optional[Tensor]],
+    grad_outputs: Sequence[Optional[Tensor]],
+) -> list[Optional[Tensor]]:
+    """Vector-Jacobian product of `function` at `inputs` (None inputs pass through as None)."""
+    with torch.enable_grad():
+        leaves = [None if x is None else x.detach().requires_grad_() for x in inputs]
+        outputs = function(*leaves)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
+        wrt = [x for x in leaves if x is not None]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True
+        )
+    grads = iter(grads)
+    return [None if x is None else next(grads) for x in leaves]
+
+
+def _rnn_backward_setup_context(ctx, inputs, output):
+    grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, relu, backend = inputs
+    ctx.save_for_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths)
+    ctx.relu = relu
+
+
+def _rnn_backward_grad(ctx, grad_dxw, grad_dh0):
+    grad_hs, grad_h_n, xw, w_hh, h0, lengths = ctx.saved_tensors
+    relu = ctx.relu
+
+    def backward_from_inputs(grad_hs, grad_h_n, xw, w_hh, h0):
+        hs, _ = reference.rnn_forward(xw, w_hh, h0, lengths, relu)
+        return reference.rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
+
+    grads = _reference_vjp(backward_from_inputs, [grad_hs, grad_h_n, xw, w_hh, h0], [grad_dxw, grad_dh0])
+    return (*grads, None, None, None, None)
+
+
+rnn_backward.register_autograd(_rnn_backward_grad, setup_context=_rnn_backward_setup_context)
+
+
+def _lstm_backward_setup_context(ctx, inputs, output):
+    grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, *_ = inputs
+    ctx.save_for_backward(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths)
+
+
+def _lstm_backward_grad(ctx, grad_dxw, grad_dh0, grad_dc0, grad_dw_hr):
+    grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors
+
+    def backward_from_inputs(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0):
+        hs, _, _, cs, gates = reference.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths)
+        return reference.lstm_backward(
+            grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates
+        )
+
+    grads = _reference_vjp(
+        backward_from_inputs,
+        [grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0],
+        [grad_dxw, grad_dh0, grad_dc0, None if w_hr is None else grad_dw_hr],
+    )
+    return (*grads, None, None, None, None, None)
+
+
+lstm_backward.register_autograd(_lstm_backward_grad, setup_context=_lstm_backward_setup_context)
+
+
+def _gru_backward_setup_context(ctx, inputs, output):
+    grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, *_ = inputs
+    ctx.save_for_backward(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths)
+
+
+def _gru_backward_grad(ctx, grad_dxw, grad_d_hn, grad_dh0):
+    grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths = ctx.saved_tensors
+
+    def backward_from_inputs(grad_hs, grad_h_n, xw, w_hh, b_hn, h0):
+        hs, _, gates = reference.gru_forward(xw, w_hh, b_hn, h0, lengths)
+        return reference.gru_backward(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
+
+    grads = _reference_vjp(
+        backward_from_inputs,
+        [grad_hs, grad_h_n, xw, w_hh, b_hn, h0],
+        [grad_dxw, grad_d_hn, grad_dh0],
+    )
+    return (*grads, None, None, None, None)
+
+
+gru_backward.register_autograd(_gru_backward_grad, setup_context=_gru_backward_setup_context)
