@@ -19,6 +19,7 @@ REQUIREMENTS = {
     "pybind11": "pybind11",
     "matplotlib": "matplotlib",
     "setuptools": "setuptools",
+    "wheel": "wheel",
 }
 
 

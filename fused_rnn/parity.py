@@ -1,0 +1,189 @@
+"""Parity of a backend's recurrence ops against the float64 reference.
+
+One case = one cell, one shape, one dtype, one device. The inputs are drawn in float64, cast to the
+dtype under test, run through the custom op of the backend (forward, then backward with fixed random
+output gradients), and compared with the float64 reference run on the same (cast) inputs:
+
+    relative error = ||out - ref|| / ||ref||       (NaN or inf anywhere -> inf)
+
+for every forward output and every gradient (xw, w_hh, h0, c0, w_hr, b_hn). `fused-rnn check` and
+the backend tests share this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru")
+GATE_COUNT = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "lstm_proj": 4, "gru": 3}
+
+# Thresholds on the largest relative error of a case (see DESIGN.md, numerics).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+TF32_TOLERANCE = 5e-4
+HALF_FACTOR = 2.0  # half types: at most this many times the reference's own error in that dtype
+
+
+@dataclass(frozen=True)
+class Case:
+    """One recurrence shape: `cell` in CELLS, T steps, B rows, H hidden units; `proj` is the
+    projection size of lstm_proj; `lengths` gives rows of random lengths in [1, T]."""
+
+    cell: str
+    steps: int
+    batch: int
+    hidden: int
+    proj: int = 0
+    lengths: bool = False
+    seed: int = 0
+
+    def __str__(self) -> str:
+        proj = f"-P{self.proj}" if self.cell == "lstm_proj" else ""
+        lengths = "-lengths" if self.lengths else ""
+        return f"{self.cell}-T{self.steps}-B{self.batch}-H{self.hidden}{proj}{lengths}"
+
+
+def relative_error(value: Tensor, expected: Tensor) -> float:
+    """||value - expected|| / ||expected|| in float64; inf if value has NaN/inf or shapes differ."""
+    if value.shape != expected.shape:
+        return math.inf
+    value, expected = value.detach().double().cpu(), expected.detach().double().cpu()
+    if not torch.isfinite(value).all():
+        return math.inf
+    scale = expected.norm().item()
+    difference = (value - expected).norm().item()
+    return difference / scale if scale > 0 else difference
+
+
+def make_inputs(case: Case, generator: torch.Generator) -> dict[str, Optional[Tensor]]:
+    """float64 CPU inputs of the op named by case.cell; weights scaled like torch.nn's init."""
+    T, B, H = case.steps, case.batch, case.hidden
+    state = case.proj if case.cell == "lstm_proj" else H
+    scale = 1.0 / math.sqrt(H)
+
+    def uniform(*shape: int) -> Tensor:
+        return (torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * scale
+
+    def normal(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    gates = GATE_COUNT[case.cell]
+    inputs: dict[str, Optional[Tensor]] = {
+        "xw": normal(T, B, gates * H),
+        "w_hh": uniform(gates * H, state),
+        "h0": normal(B, state) * 0.5,
+    }
+    if case.cell.startswith("lstm"):
+        inputs["w_hr"] = uniform(state, H) if case.cell == "lstm_proj" else None
+        inputs["c0"] = normal(B, H) * 0.5
+    if case.cell == "gru":
+        inputs["b_hn"] = uniform(H)
+    inputs["lengths"] = (
+        torch.randint(1, T + 1, (B,), generator=generator) if case.lengths else None
+    )
+    return inputs
+
+
+def differentiable_inputs(cell: str, inputs: dict[str, Optional[Tensor]]) -> list[str]:
+    """Names of the inputs of `cell`'s forward op that gradients flow to."""
+    if cell.startswith("rnn"):
+        return ["xw", "w_hh", "h0"]
+    if cell.startswith("lstm"):
+        return ["xw", "w_hh", "h0", "c0"] + (["w_hr"] if inputs["w_hr"] is not None else [])
+    return ["xw", "w_hh", "b_hn", "h0"]
+
+
+def run_op(cell: str, backend: str, inputs: dict[str, Optional[Tensor]]) -> list[Tensor]:
+    """Call the forward op of `cell` -> its differentiable outputs (hs, h_n[, c_n])."""
+    x = inputs
+    if cell.startswith("rnn"):
+        return list(ops.rnn_forward(x["xw"], x["w_hh"], x["h0"], x["lengths"], cell == "rnn_relu", backend))
+    if cell.startswith("lstm"):
+        hs, h_n, c_n, _, _ = ops.lstm_forward(
+            x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], backend
+        )
+        return [hs, h_n, c_n]
+    hs, h_n, _ = ops.gru_forward(x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"], backend)
+    return [hs, h_n]
+
+
+def forward_backward(
+    case: Case,
+    backend: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    inputs: dict[str, Optional[Tensor]],
+    grad_outputs: list[Tensor],
+) -> dict[str, Tensor]:
+    """Outputs and input gradients of `backend` on the inputs cast to dtype/device, by name."""
+    cast = {
+        name: None if t is None else (t.to(device) if name == "lengths" else t.to(device, dtype))
+        for name, t in inputs.items()
+    }
+    names = differentiable_inputs(case.cell, cast)
+    for name in names:
+        cast[name].requires_grad_()
+    outputs = run_op(case.cell, backend, cast)
+    grads = torch.autograd.grad(outputs, [cast[n] for n in names], [g.to(device, dtype) for g in grad_outputs])
+    result = {f"out{i}": o for i, o in enumerate(outputs)}
+    result.update({f"d_{n}": g for n, g in zip(names, grads)})
+    return result
+
+
+def case_errors(
+    case: Case, backend: str, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Relative error of every output and gradient of `backend` against the float64 reference."""
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(case.seed)
+    inputs = make_inputs(case, generator)
+    # The reference runs on the inputs as the backend sees them (rounded to dtype), in float64.
+    rounded = {n: None if t is None or n == "lengths" else t.to(dtype).double() for n, t in inputs.items()}
+    rounded["lengths"] = inputs["lengths"]
+    with torch.no_grad():
+        outputs = run_op(case.cell, "reference", rounded)
+    grad_outputs = [torch.randn(o.shape, generator=generator, dtype=torch.float64) for o in outputs]
+    expected = forward_backward(case, "reference", torch.float64, torch.device("cpu"), rounded, grad_outputs)
+    actual = forward_backward(case, backend, dtype, device, inputs, grad_outputs)
+    return {name: relative_error(actual[name], expected[name]) for name in expected}
+
+
+def tolerance(case: Case, dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """The largest relative error a backend may show on `case` in `dtype` (DESIGN.md, numerics).
+
+    Half types: HALF_FACTOR times the error of the reference computed in that dtype on the CPU
+    (float32 gate math, half storage: the same computation torch.nn does in that dtype).
+    """
+    device = torch.device(device)
+    if dtype in TOLERANCE:
+        tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+        return TF32_TOLERANCE if (tf32 and dtype == torch.float32) else TOLERANCE[dtype]
+    own = case_errors(case, "reference", dtype, "cpu")
+    return HALF_FACTOR * max(own.values())
+
+
+@contextlib.contextmanager
+def poisoned_allocations() -> Iterator[None]:
+    """Fill every tensor that torch.empty/empty_like/new_empty allocate with NaN, so that an
+    element a kernel forgets to write cannot pass a parity check."""
+    originals = (torch.empty, torch.empty_like, torch.Tensor.new_empty)
+
+    def poison(tensor: Tensor) -> Tensor:
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+        return tensor
+
+    torch.empty = lambda *a, **k: poison(originals[0](*a, **k))
+    torch.empty_like = lambda *a, **k: poison(originals[1](*a, **k))
+    torch.Tensor.new_empty = lambda self, *a, **k: poison(originals[2](self, *a, **k))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = originals
