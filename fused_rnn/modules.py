@@ -329,12 +329,6 @@ class RNN(_RNNBase):
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend)
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        return s
-
 
 # ------------------------------------------------------------------------------------------------
 # Cells: one time step through the same ops (T = 1).
