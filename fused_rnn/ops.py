@@ -91,7 +91,7 @@ def check_rnn_args(xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tenso
 def check_lstm_args(
     xw: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor]
 ) -> None:
-    hidden = c0.shape[-1]
+    hidden = w_hh.shape[0] // 4
     steps, batch = _check_xw(xw, 4, hidden)
     state = hidden if w_hr is None else w_hr.shape[0]
     _check_tensors(
