@@ -51,7 +51,7 @@ class _Attention(_BackendMixin, nn.Module):
         """Checks the arguments -> (query [B, Tq, Dq], keys, values, key_lengths int64 on the keys'
         device or None, whether the query was one decoder step [B, Dq])."""
         name = type(self).__name__
-        dtype = self._parameter_dtype()
+        dtype = self._parameter_dtype(query.device)
         if query.dim() not in (2, 3):
             raise ValueError(
                 f"{name}: query must have shape [B, Tq, query_size] or [B, query_size], "
@@ -101,9 +101,13 @@ class _Attention(_BackendMixin, nn.Module):
                 )
         return query, keys, values, self._key_lengths(key_lengths, batch, keys), step
 
-    def _parameter_dtype(self) -> Optional[torch.dtype]:
+    def _parameter_dtype(self, device: torch.device) -> Optional[torch.dtype]:
+        """The dtype inputs must have: the parameters' (any, under autocast, where the projections
+        set the dtype the scoring op runs in)."""
         parameter = next(self.parameters(), None)
-        return None if parameter is None else parameter.dtype
+        if parameter is None or torch.is_autocast_enabled(device.type):
+            return None
+        return parameter.dtype
 
     def _key_lengths(self, key_lengths: Optional[Tensor], batch: int, keys: Tensor) -> Optional[Tensor]:
         if key_lengths is None:
@@ -169,8 +173,10 @@ class AdditiveAttention(_Attention):
         query, keys, values, key_lengths, step = self._prepare(query, keys, values, key_lengths)
         pq = F.linear(query, self.w_query, self.bias)  # [B, Tq, A]
         pk = F.linear(keys, self.w_key)  # [B, Tk, A]
+        dtype = pq.dtype  # differs from the parameters' only under autocast
         context, _, weights = attention_ops.additive_attention_forward(
-            pq, pk, self.v, values, key_lengths, need_weights, self._resolved_backend(query.device)
+            pq, pk.to(dtype), self.v.to(dtype), values.to(dtype), key_lengths, need_weights,
+            self._resolved_backend(query.device),
         )
         return self._finish(context, weights, need_weights, step)
 
@@ -220,8 +226,9 @@ class LuongAttention(_Attention):
                 key_lengths: Optional[Tensor] = None, need_weights: bool = False):
         query, keys, values, key_lengths, step = self._prepare(query, keys, values, key_lengths)
         projected = query if self.weight is None else query @ self.weight  # [B, Tq, Dk]
+        dtype = projected.dtype  # differs from the inputs' only under autocast
         context, _, weights = attention_ops.dot_attention_forward(
-            projected, keys, values, key_lengths, self.scale, need_weights,
+            projected, keys.to(dtype), values.to(dtype), key_lengths, self.scale, need_weights,
             self._resolved_backend(query.device),
         )
         return self._finish(context, weights, need_weights, step)

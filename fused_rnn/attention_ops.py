@@ -27,7 +27,9 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .backends import available_backends, check_backend_name, get_backend, resolve_backend
+from .backends import (
+    BACKEND_NAMES, available_backends, check_backend_name, get_backend, resolve_backend, unavailable_reason,
+)
 from .ops import _expect_shape, _reference_vjp
 
 ATTENTION_FUNCTIONS = (
@@ -77,8 +79,12 @@ def resolve_attention_backend(name: str, device: Union[torch.device, str]) -> st
 
 
 def attention_backends(device: Union[torch.device, str] = "cpu") -> list[str]:
-    """The backends that can run attention on `device` now, in the order "auto" prefers them."""
-    return [n for n in available_backends(device) if _attention_module(n) is not None]
+    """The backends that can run attention on `device` now (Triton on a CPU under
+    TRITON_INTERPRET=1 included, though "auto" never picks it there)."""
+    return [
+        name for name in BACKEND_NAMES
+        if unavailable_reason(name, device) is None and _attention_module(name) is not None
+    ]
 
 
 def _implementation(backend: str, device: torch.device) -> ModuleType:

@@ -14,7 +14,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import attention_ops
-from fused_rnn.parity import HALF_FACTOR, TOLERANCE, relative_error
+from fused_rnn.parity import HALF_FACTOR, TF32_TOLERANCE, TOLERANCE, poisoned_allocations, relative_error
 
 SCORES = ("additive", "dot", "scaled_dot", "general")
 
@@ -75,25 +75,29 @@ def make_inputs(score: str, case: Case, generator: torch.Generator) -> dict[str,
     }
 
 
-def run_module(module, inputs, dtype, grad_context, grad_weights) -> dict[str, torch.Tensor]:
-    """Context, weights and every gradient of `module` on `inputs` cast to dtype, by name."""
-    tensors = {n: t.to(dtype).requires_grad_() for n, t in inputs.items() if n != "key_lengths" and t is not None}
+def run_module(module, inputs, dtype, device, grad_context, grad_weights) -> dict[str, torch.Tensor]:
+    """Context, weights and every gradient of `module` on `inputs` cast to dtype and device, by name."""
+    tensors = {n: t.to(device, dtype).requires_grad_() for n, t in inputs.items()
+               if n != "key_lengths" and t is not None}
+    lengths = inputs["key_lengths"]
     context, weights = module(
         tensors["query"], tensors["keys"], tensors.get("values"),
-        key_lengths=inputs["key_lengths"], need_weights=True,
+        key_lengths=None if lengths is None else lengths.to(device), need_weights=True,
     )
     leaves = list(tensors.items()) + list(module.named_parameters())
     grads = torch.autograd.grad(
-        [context, weights], [t for _, t in leaves], [grad_context.to(dtype), grad_weights.to(dtype)]
+        [context, weights], [t for _, t in leaves],
+        [grad_context.to(device, dtype), grad_weights.to(device, dtype)],
     )
     result = {"context": context, "weights": weights}
     result.update({f"d_{name}": g for (name, _), g in zip(leaves, grads)})
     return result
 
 
-def module_errors(score: str, case: Case, backend: str, dtype: torch.dtype) -> dict[str, float]:
-    """Relative error of every output and gradient of `backend` in `dtype` against the float64
-    reference run on the same (rounded) inputs and parameters."""
+def module_errors(score: str, case: Case, backend: str, dtype: torch.dtype, device: str = "cpu") -> dict[str, float]:
+    """Relative error of every output and gradient of `backend` in `dtype` on `device` against the
+    float64 reference run on the same (rounded) inputs and parameters; fresh outputs are NaN-filled
+    so that an element a kernel forgets to write cannot pass."""
     generator = torch.Generator().manual_seed(case.seed)
     inputs = make_inputs(score, case, generator)
     module = make_module(score, case, dtype, backend)
@@ -104,12 +108,17 @@ def module_errors(score: str, case: Case, backend: str, dtype: torch.dtype) -> d
     out_shape = (batch, case.dv or case.dk) if case.tq == 0 else (batch, case.tq, case.dv or case.dk)
     grad_context = torch.randn(out_shape, generator=generator, dtype=torch.float64)
     grad_weights = torch.randn(*out_shape[:-1], tk, generator=generator, dtype=torch.float64)
-    expected = run_module(expected_module, rounded, torch.float64, grad_context, grad_weights)
-    actual = run_module(module, inputs, dtype, grad_context, grad_weights)
+    expected = run_module(expected_module, rounded, torch.float64, "cpu", grad_context, grad_weights)
+    with poisoned_allocations():
+        actual = run_module(module.to(device), inputs, dtype, device, grad_context, grad_weights)
     return {name: relative_error(actual[name], expected[name]) for name in expected}
 
 
-def tolerance(score: str, case: Case, dtype: torch.dtype) -> float:
+def tolerance(score: str, case: Case, dtype: torch.dtype, device: str = "cpu") -> float:
+    """DESIGN.md's numerics: float64 1e-10, float32 1e-5 (5e-4 where CUDA matmuls may use tf32),
+    half types twice the error of the reference computed in that dtype."""
+    if dtype == torch.float32 and device == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return TF32_TOLERANCE
     if dtype in TOLERANCE:
         return TOLERANCE[dtype]
     return HALF_FACTOR * max(module_errors(score, case, "reference", dtype).values())
@@ -134,13 +143,27 @@ def test_parity_with_float64_reference(backend, dtype, score, case):
     assert not bad, f"{backend} {dtype} {score} {case}: errors above {limit:.1e}: {bad}"
 
 
-@pytest.mark.parametrize("score", ["additive", "general"])
-def test_triton_half_precision_parity(score):
+@pytest.mark.parametrize("score,dtype", [("additive", torch.float16), ("general", torch.bfloat16)],
+                         ids=["additive-float16", "general-bfloat16"])
+def test_triton_half_precision_parity_in_interpreter(score, dtype):
     require("triton")
     case = CASES[2]
-    errors = module_errors(score, case, "triton", torch.float16)
-    limit = tolerance(score, case, torch.float16)
+    errors = module_errors(score, case, "triton", dtype)
+    limit = tolerance(score, case, dtype)
     assert max(errors.values()) <= limit, (errors, limit)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_cuda_parity_with_float64_reference(backend, dtype, score, case):
+    require(backend, "cuda")
+    errors = module_errors(score, case, backend, dtype, "cuda")
+    limit = tolerance(score, case, dtype, "cuda")
+    bad = {name: error for name, error in errors.items() if not error <= limit}
+    assert not bad, f"{backend} cuda {dtype} {score} {case}: errors above {limit:.1e}: {bad}"
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -185,6 +208,19 @@ def test_parameters_names_shapes_and_init():
     assert {n: tuple(p.shape) for n, p in general.named_parameters()} == {"weight": (7, 5)}
     assert list(fused_rnn.LuongAttention(5, 5, "dot").parameters()) == []
     assert fused_rnn.LuongAttention(4, 4, "scaled_dot").scale == 0.5
+
+
+@pytest.mark.parametrize("module_name", ["AdditiveAttention", "LuongAttention"])
+def test_autocast_runs_the_op_in_the_autocast_dtype(module_name):
+    module = getattr(fused_rnn, module_name)(4, 5, *([6] if module_name == "AdditiveAttention" else []),
+                                             backend="reference")
+    query = torch.randn(2, 3, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        context, weights = module(query, torch.randn(2, 7, 5), need_weights=True)
+    assert context.dtype == weights.dtype == torch.bfloat16
+    context.float().sum().backward()
+    assert query.grad.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
 
 
 def test_backend_attribute():
@@ -236,10 +272,11 @@ def test_bad_constructor_arguments():
         fused_rnn.AdditiveAttention(4, 5, 0)
 
 
-@pytest.mark.parametrize("score", ["additive", "scaled_dot"])
-def test_compile_fullgraph_matches_eager(score):
+@pytest.mark.parametrize("score,backend", [("additive", "auto"), ("scaled_dot", "auto"), ("general", "triton")])
+def test_compile_fullgraph_matches_eager(score, backend):
+    require(backend if backend != "auto" else "reference")
     case = CASES[1]
-    module = make_module(score, case, torch.float32, "auto")
+    module = make_module(score, case, torch.float32, backend)
     inputs = make_inputs(score, case, torch.Generator().manual_seed(4))
     query = inputs["query"].float().requires_grad_()
     keys = inputs["keys"].float().requires_grad_()
