@@ -191,7 +191,7 @@ def gru_forward(
         (xw, w_hh, None if b_hn is None else b_hn.contiguous(), h_buf, lengths, hs, gates, steps, batch, hidden),
         {"HAS_BIAS": b_hn is not None, "HAS_LENGTHS": lengths is not None, "BLOCK_K": block_size(hidden)},
     )
-    return hs, h_buf[steps % 2], gates
+    return hs, h_buf[steps % 2].clone(), gates
 
 
 def gru_backward(

@@ -2,7 +2,7 @@
 
 Every kernel walks a range of *phases* [k_start, k_stop) (a phase is one time step, or for the
 backward kernels one step plus folding the previous step's gate gradients into dh) and ends each
-phase at a grid barrier when PERSISTENT. The two modes differ only in the loop bounds and that
+phase at a grid barrier when PERSISTENT. The modes differ only in the loop bounds and that
 barrier:
 
 - step mode (default): one launch per phase, k_stop = k_start + 1; the launch boundary is the
@@ -76,7 +76,9 @@ class LaunchPlan:
         }
 
 
-def plan_launch(batch: int, hidden: int, reduction: int, xw: torch.Tensor, allow_persistent: bool = True) -> LaunchPlan:
+def plan_launch(
+    batch: int, hidden: int, reduction: int, xw: torch.Tensor, allow_persistent: bool = True
+) -> LaunchPlan:
     """Tiles for a recurrence over `batch` rows and `hidden` units whose recurrent GEMM reduces over
     `reduction` elements, on xw's dtype and device. The interpreter gets float32 dots (it computes
     bfloat16 dots wrongly)."""
@@ -105,6 +107,7 @@ def plan_launch(batch: int, hidden: int, reduction: int, xw: torch.Tensor, allow
 
 
 def _launch(kernel, plan: LaunchPlan, barrier, k_start: int, k_stop: int, args: tuple, meta: dict) -> None:
+    """One launch over phases [k_start, k_stop); a barrier counter makes it persistent."""
     kernel[plan.grid](
         *args, barrier, k_start, k_stop, PERSISTENT=barrier is not None, **plan.meta(), **meta
     )

@@ -226,7 +226,7 @@ def lstm_forward(
             live = _live_rows(lengths, t)
             hs[t] = _zero_dead(live, projected)
             h_buf[(t + 1) % 2] = _keep_live(live, projected.to(xw.dtype), h_buf[t % 2])
-    return hs, h_buf[steps % 2], c_state.to(xw.dtype), cs, gates
+    return hs, h_buf[steps % 2].clone(), c_state.to(xw.dtype), cs, gates
 
 
 def lstm_backward(

@@ -142,7 +142,7 @@ def rnn_forward(
         (xw, w_hh, h_buf, lengths, hs, steps, batch, hidden),
         {"RELU": relu, "HAS_LENGTHS": lengths is not None, "BLOCK_K": block_size(hidden)},
     )
-    return hs, h_buf[steps % 2]
+    return hs, h_buf[steps % 2].clone()
 
 
 def rnn_backward(
