@@ -43,19 +43,32 @@ def _padded(size: int) -> int:
     return max(16, triton.next_power_of_2(size))
 
 
-def _blocks(q: Tensor, additive: bool, backward: bool, features: int, value_size: int) -> Blocks:
+def _blocks(q: Tensor, additive: bool, stage: str, features: int, value_size: int) -> Blocks:
+    """Tiles for `stage` ("forward", "backward_kv", "backward_q"). The CUDA choices keep each
+    kernel within the H100's registers (checked with ptxas for sm_90a at D = Dv = 128 and 256)."""
     dv = _padded(value_size)
-    queries = q.shape[1]
     if q.device.type != "cuda":  # the interpreter: small tiles, several chunks of A in the tests
         chunk = min(8, triton.next_power_of_2(max(features, 1)))
         return Blocks(16, 16, chunk if additive else _padded(features), dv, 4)
-    block_q = 16 if queries <= 16 else (32 if additive or backward else 64)
+    few_queries = q.shape[1] <= 16
+    if q.element_size() >= 4:  # float32 / float64 products run on CUDA cores: smallest tiles
+        return Blocks(16, 16, 4, dv, 4) if additive else Blocks(16, 16, _padded(features), dv, 8)
     if additive:
-        return Blocks(block_q, 32, 4 if backward else 8, dv, 4)
+        block_q = 16 if few_queries or stage == "backward_kv" else 32
+        return Blocks(block_q, 32, 8, dv, 4)
     f = _padded(features)
-    widest = max(f, dv)
-    block_k = 64 if widest <= 128 else 32
-    return Blocks(block_q, block_k, f, dv, 4 if widest <= 128 else 8)
+    wide = max(f, dv) > 128
+    if stage == "forward":
+        if few_queries:
+            return Blocks(16, 64, f, dv, 4)
+        return Blocks(32, 64, f, dv, 4) if wide else Blocks(64, 64, f, dv, 8)
+    if stage == "backward_kv" and few_queries:
+        return Blocks(16, 32, f, dv, 8 if wide else 4)
+    return Blocks(32, 32, f, dv, 8) if wide else Blocks(32, 64, f, dv, 8)
+
+
+def _tile_arguments(blocks: Blocks) -> dict:
+    return dict(BLOCK_Q=blocks.q, BLOCK_K=blocks.k, BLOCK_F=blocks.f, BLOCK_DV=blocks.dv, num_warps=blocks.warps)
 
 
 def _kernel_options(q: Tensor) -> dict:
@@ -105,7 +118,7 @@ def _forward(
     scores = q.new_full((batch, queries, keys), float("-inf"), dtype=acc) if need_weights else None
     if batch * queries > 0:
         additive = v_vec is not None
-        blocks = _blocks(q, additive, False, features, value_size)
+        blocks = _blocks(q, additive, "forward", features, value_size)
         q_blocks, key_blocks = triton.cdiv(queries, blocks.q), triton.cdiv(keys, blocks.k)
         if splits is None:
             splits = forward_splits(batch * q_blocks, key_blocks, q.device)
@@ -122,8 +135,7 @@ def _forward(
                 out, out_lse, out_lse if scores is None else scores,
                 queries, keys, features, value_size, keys_per_split, scale,
                 HAS_LENGTHS=key_lengths is not None, ADDITIVE=additive, STORE_SCORES=need_weights,
-                BLOCK_Q=blocks.q, BLOCK_K=blocks.k, BLOCK_F=blocks.f, BLOCK_DV=blocks.dv,
-                num_warps=blocks.warps, **_kernel_options(q),
+                **_tile_arguments(blocks), **_kernel_options(q),
             )
             if splits > 1:
                 combine_splits_kernel[(q_blocks * batch,)](
@@ -157,17 +169,16 @@ def _backward(
         return torch.zeros_like(q), torch.zeros_like(k), d_v_vec, torch.zeros_like(values)
     acc = accumulation_dtype(q.dtype)
     delta = attention_softmax_delta(grad_context, context, grad_weights, weights).contiguous()
-    blocks = _blocks(q, additive, True, features, value_size)
-    q_blocks, key_blocks = triton.cdiv(queries, blocks.q), triton.cdiv(keys, blocks.k)
-    single_q_block = q_blocks == 1
+    kv_blocks = _blocks(q, additive, "backward_kv", features, value_size)
+    key_blocks = triton.cdiv(keys, kv_blocks.k)
+    single_q_block = queries <= kv_blocks.q
     d_values = torch.empty_like(values)
     d_k = torch.zeros(k.shape, dtype=acc, device=k.device) if additive else torch.empty_like(k)
     d_v_part = q.new_zeros(batch, key_blocks, features, dtype=acc) if additive else lse
     d_q_part = q.new_zeros(key_blocks, batch, queries, features, dtype=acc) if single_q_block else lse
-    common = dict(
+    flags = dict(
         HAS_LENGTHS=key_lengths is not None, HAS_GRAD_WEIGHTS=grad_weights is not None, ADDITIVE=additive,
-        BLOCK_Q=blocks.q, BLOCK_K=blocks.k, BLOCK_F=blocks.f, BLOCK_DV=blocks.dv,
-        num_warps=blocks.warps, **_kernel_options(q),
+        **_kernel_options(q),
     )
     inputs = (
         q, k, q if v_vec is None else v_vec, values, q if key_lengths is None else key_lengths,
@@ -176,13 +187,17 @@ def _backward(
     sizes = (queries, keys, features, value_size, scale)
     with _device(q):
         attention_backward_kv_kernel[(key_blocks * batch,)](
-            *inputs, d_k, d_values, d_v_part, d_q_part, *sizes, SINGLE_Q_BLOCK=single_q_block, **common
+            *inputs, d_k, d_values, d_v_part, d_q_part, *sizes,
+            SINGLE_Q_BLOCK=single_q_block, **flags, **_tile_arguments(kv_blocks),
         )
         if single_q_block:
             d_q = d_q_part.sum(0)
         else:
+            q_blocks = _blocks(q, additive, "backward_q", features, value_size)
             d_q = torch.zeros(q.shape, dtype=acc, device=q.device) if additive else torch.empty_like(q)
-            attention_backward_q_kernel[(q_blocks * batch,)](*inputs, d_q, *sizes, **common)
+            attention_backward_q_kernel[(triton.cdiv(queries, q_blocks.q) * batch,)](
+                *inputs, d_q, *sizes, **flags, **_tile_arguments(q_blocks)
+            )
     d_v_vec = d_v_part.sum((0, 1)).to(v_vec.dtype) if additive else None
     return d_q.to(q.dtype), d_k.to(k.dtype), d_v_vec, d_values
 
