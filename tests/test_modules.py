@@ -457,3 +457,62 @@ def test_long_sequence_stays_finite(name):
     for got, want in zip(ours_grads, theirs_grads, strict=True):
         assert torch.isfinite(got).all()
         assert relative_error(got, want) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell"])
+def test_autocast_runs_in_the_autocast_dtype_like_torch_nn(name):
+    """Under CPU autocast (bfloat16) the modules run, forward and backward, with at most twice the
+    error torch.nn shows under the same autocast (both against torch.nn in float64)."""
+    kwargs = dict(input_size=3, hidden_size=33)
+    if not name.endswith("Cell"):
+        kwargs.update(num_layers=2, bidirectional=True)
+    theirs, ours = build(name, kwargs, 110)
+    exact = getattr(nn, name)(**kwargs, dtype=torch.float64)
+    exact.load_state_dict(theirs.state_dict())
+    x = torch.randn(9, 5, 3) if not name.endswith("Cell") else torch.randn(5, 3)
+
+    def run(model, dtype, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return loss_and_grads(model, x.to(dtype)) if not name.endswith("Cell") else cell_outputs_and_grads(model, x.to(dtype))
+
+    want = run(exact, torch.float64, False)
+    ours_values, theirs_values = run(ours, torch.float32, True), run(theirs, torch.float32, True)
+    assert ours_values[0].dtype == torch.bfloat16
+    assert all(g.dtype == torch.float32 for g in ours_values[2:]), "parameter gradients stay float32"
+    for got, reference_value, expected in zip(ours_values, theirs_values, want, strict=True):
+        assert relative_error(got, expected) <= 2 * relative_error(reference_value, expected)
+
+
+def cell_outputs_and_grads(model, x):
+    x = x.clone().requires_grad_()
+    output = model(x)
+    output = output if isinstance(output, tuple) else (output,)
+    loss = sum(o.float().pow(2).sum() for o in output)
+    return [output[0].detach()] + list(torch.autograd.grad(loss, [x, *model.parameters()]))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2)),
+        ("GRU", dict(num_layers=2, bidirectional=True)),
+        ("RNN", dict(nonlinearity="tanh", bidirectional=True)),
+    ],
+    ids=["LSTM", "GRU", "RNN"],
+)
+def test_double_backward_equals_torch_nn(name, kwargs):
+    """A gradient penalty (the gradient of a function of dL/dx) on packed, unsorted input."""
+    theirs, ours = build(name, dict(input_size=3, hidden_size=5, **kwargs), 120, backend="reference")
+    theirs.double()
+    ours.double()
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([3, 6, 1, 4])
+
+    def penalty_grads(model):
+        leaf = x.clone().requires_grad_()
+        output, _ = model(pack_padded_sequence(leaf, lengths, enforce_sorted=False))
+        (dx,) = torch.autograd.grad(output.data.tanh().sum(), leaf, create_graph=True)
+        return torch.autograd.grad(dx.pow(2).sum(), [leaf, *model.parameters()])
+
+    for got, want in zip(penalty_grads(ours), penalty_grads(theirs), strict=True):
+        assert relative_error(got, want) <= 1e-10
