@@ -516,3 +516,41 @@ def test_double_backward_equals_torch_nn(name, kwargs):
 
     for got, want in zip(penalty_grads(ours), penalty_grads(theirs), strict=True):
         assert relative_error(got, want) <= 1e-10
+
+
+HALF_CASES = [
+    GridCase("LSTM", 2, "packed", True, False, True, True, hx=True),
+    GridCase("GRU", 2, "padded", True, True, True, False),
+    GridCase("RNN_TANH", 1, "unbatched", False, False, True, False, hx=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", HALF_CASES, ids=str)
+def test_half_precision_within_twice_torch_nn_error(case, dtype):
+    """float16/bfloat16: every output and gradient within 2x the error of torch.nn in that dtype,
+    both measured against torch.nn in float64 (DESIGN.md)."""
+    seed = 130 + HALF_CASES.index(case)
+    exact, ours = make_pair(case, dtype, seed)
+    theirs = THEIRS[case.cell](**constructor_kwargs(case), dtype=dtype)
+    theirs.load_state_dict(exact.state_dict())
+    data = draw_data(case, seed)
+    want = run_module(exact, case, data, torch.float64, seed)
+    got = run_module(ours, case, data, dtype, seed)
+    baseline = run_module(theirs, case, data, dtype, seed)
+    for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        if name in want:
+            assert torch.equal(got.pop(name), want.pop(name))
+            baseline.pop(name)
+    for name, expected in want.items():
+        error, torch_nn_error = relative_error(got[name], expected), relative_error(baseline[name], expected)
+        assert error <= 2 * torch_nn_error, f"{name}: {error:.3g} vs torch.nn's {torch_nn_error:.3g}"
+
+
+def test_empty_batch_like_torch_nn():
+    theirs, ours = build("LSTM", dict(input_size=3, hidden_size=4, num_layers=2), 140, backend="reference")
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    (out_ours, (h_ours, c_ours)), (out_theirs, (h_theirs, c_theirs)) = ours(x), theirs(x)
+    assert out_ours.shape == out_theirs.shape and h_ours.shape == h_theirs.shape and c_ours.shape == c_theirs.shape
+    out_ours.sum().backward()
+    assert x.grad.shape == x.shape
