@@ -66,14 +66,21 @@ def recurrence(
     lengths: Optional[Tensor],
     backend: str,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """One recurrence op call: -> hs [T, B, P], h_n [B, P], c_n [B, H] (LSTM) or None."""
+    """One recurrence op call: -> hs [T, B, P], h_n [B, P], c_n [B, H] (LSTM) or None.
+
+    Under autocast the input projection comes out in the autocast dtype; the recurrence then runs
+    in that dtype too (the ops take one dtype), with the weights and states cast to it.
+    """
+    w_hh, w_hr = w.w_hh, w.w_hr
+    if torch.is_autocast_enabled(xw.device.type):
+        w_hh, w_hr, b_hn, h0, c0 = (None if t is None else t.to(xw.dtype) for t in (w_hh, w_hr, b_hn, h0, c0))
     if mode == "LSTM":
-        hs, h_n, c_n, _, _ = ops.lstm_forward(xw, w.w_hh, w.w_hr, h0, c0, lengths, backend)
+        hs, h_n, c_n, _, _ = ops.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, backend)
         return hs, h_n, c_n
     if mode == "GRU":
-        hs, h_n, _ = ops.gru_forward(xw, w.w_hh, b_hn, h0, lengths, backend)
+        hs, h_n, _ = ops.gru_forward(xw, w_hh, b_hn, h0, lengths, backend)
         return hs, h_n, None
-    hs, h_n = ops.rnn_forward(xw, w.w_hh, h0, lengths, mode == "RNN_RELU", backend)
+    hs, h_n = ops.rnn_forward(xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
     return hs, h_n, None
 
 

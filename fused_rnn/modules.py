@@ -406,7 +406,7 @@ class _RNNCellBase(_BackendMixin, nn.Module):
         x = input if batched else input.unsqueeze(0)
         if x.shape[1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.shape[1]} expected {self.input_size}")
-        if x.dtype != self.weight_ih.dtype:
+        if x.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(x.device.type):
             raise RuntimeError(f"{name} input dtype ({x.dtype}) does not match weight dtype ({self.weight_ih.dtype})")
         count = 2 if self.mode == "LSTM" else 1
         if hx is None:

@@ -457,3 +457,100 @@ def test_long_sequence_stays_finite(name):
     for got, want in zip(ours_grads, theirs_grads, strict=True):
         assert torch.isfinite(got).all()
         assert relative_error(got, want) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell"])
+def test_autocast_runs_in_the_autocast_dtype_like_torch_nn(name):
+    """Under CPU autocast (bfloat16) the modules run, forward and backward, with at most twice the
+    error torch.nn shows under the same autocast (both against torch.nn in float64)."""
+    kwargs = dict(input_size=3, hidden_size=33)
+    if not name.endswith("Cell"):
+        kwargs.update(num_layers=2, bidirectional=True)
+    theirs, ours = build(name, kwargs, 110)
+    exact = getattr(nn, name)(**kwargs, dtype=torch.float64)
+    exact.load_state_dict(theirs.state_dict())
+    x = torch.randn(9, 5, 3) if not name.endswith("Cell") else torch.randn(5, 3)
+
+    def run(model, dtype, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return loss_and_grads(model, x.to(dtype)) if not name.endswith("Cell") else cell_outputs_and_grads(model, x.to(dtype))
+
+    want = run(exact, torch.float64, False)
+    ours_values, theirs_values = run(ours, torch.float32, True), run(theirs, torch.float32, True)
+    assert ours_values[0].dtype == torch.bfloat16
+    assert all(g.dtype == torch.float32 for g in ours_values[2:]), "parameter gradients stay float32"
+    for got, reference_value, expected in zip(ours_values, theirs_values, want, strict=True):
+        assert relative_error(got, expected) <= 2 * relative_error(reference_value, expected)
+
+
+def cell_outputs_and_grads(model, x):
+    x = x.clone().requires_grad_()
+    output = model(x)
+    output = output if isinstance(output, tuple) else (output,)
+    loss = sum(o.float().pow(2).sum() for o in output)
+    return [output[0].detach()] + list(torch.autograd.grad(loss, [x, *model.parameters()]))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2)),
+        ("GRU", dict(num_layers=2, bidirectional=True)),
+        ("RNN", dict(nonlinearity="tanh", bidirectional=True)),
+    ],
+    ids=["LSTM", "GRU", "RNN"],
+)
+def test_double_backward_equals_torch_nn(name, kwargs):
+    """A gradient penalty (the gradient of a function of dL/dx) on packed, unsorted input."""
+    theirs, ours = build(name, dict(input_size=3, hidden_size=5, **kwargs), 120, backend="reference")
+    theirs.double()
+    ours.double()
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([3, 6, 1, 4])
+
+    def penalty_grads(model):
+        leaf = x.clone().requires_grad_()
+        output, _ = model(pack_padded_sequence(leaf, lengths, enforce_sorted=False))
+        (dx,) = torch.autograd.grad(output.data.tanh().sum(), leaf, create_graph=True)
+        return torch.autograd.grad(dx.pow(2).sum(), [leaf, *model.parameters()])
+
+    for got, want in zip(penalty_grads(ours), penalty_grads(theirs), strict=True):
+        assert relative_error(got, want) <= 1e-10
+
+
+HALF_CASES = [
+    GridCase("LSTM", 2, "packed", True, False, True, True, hx=True),
+    GridCase("GRU", 2, "padded", True, True, True, False),
+    GridCase("RNN_TANH", 1, "unbatched", False, False, True, False, hx=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", HALF_CASES, ids=str)
+def test_half_precision_within_twice_torch_nn_error(case, dtype):
+    """float16/bfloat16: every output and gradient within 2x the error of torch.nn in that dtype,
+    both measured against torch.nn in float64 (DESIGN.md)."""
+    seed = 130 + HALF_CASES.index(case)
+    exact, ours = make_pair(case, dtype, seed)
+    theirs = THEIRS[case.cell](**constructor_kwargs(case), dtype=dtype)
+    theirs.load_state_dict(exact.state_dict())
+    data = draw_data(case, seed)
+    want = run_module(exact, case, data, torch.float64, seed)
+    got = run_module(ours, case, data, dtype, seed)
+    baseline = run_module(theirs, case, data, dtype, seed)
+    for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        if name in want:
+            assert torch.equal(got.pop(name), want.pop(name))
+            baseline.pop(name)
+    for name, expected in want.items():
+        error, torch_nn_error = relative_error(got[name], expected), relative_error(baseline[name], expected)
+        assert error <= 2 * torch_nn_error, f"{name}: {error:.3g} vs torch.nn's {torch_nn_error:.3g}"
+
+
+def test_empty_batch_like_torch_nn():
+    theirs, ours = build("LSTM", dict(input_size=3, hidden_size=4, num_layers=2), 140, backend="reference")
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    (out_ours, (h_ours, c_ours)), (out_theirs, (h_theirs, c_theirs)) = ours(x), theirs(x)
+    assert out_ours.shape == out_theirs.shape and h_ours.shape == h_theirs.shape and c_ours.shape == c_theirs.shape
+    out_ours.sum().backward()
+    assert x.grad.shape == x.shape
