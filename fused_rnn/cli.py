@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _backend(name: str, device: str) -> str:
+    """The backend that runs for `name` on `device`; a backend that cannot run is a bad argument."""
+    from .backends import resolve_backend
+
+    try:
+        return resolve_backend(name, device)
+    except RuntimeError as error:
+        raise ValueError(f"--backend: {error}") from error
+
+
 def _check(args) -> int:
     from .check import main as check_main
 
@@ -96,9 +106,10 @@ def _profile(args) -> int:
     if args.iterations < 1:
         raise ValueError(f"--iterations must be at least 1, got {args.iterations}")
     dtype = parse_dtypes([args.dtype])[0]
-    times = profile_layer(args.op, shape, args.backend, args.device, dtype, args.iterations, args.trace)
+    backend = _backend(args.backend, args.device)
+    times = profile_layer(args.op, shape, backend, args.device, dtype, args.iterations, args.trace)
     title = (
-        f"{args.op} {shape} {args.dtype} on {args.device}, backend {args.backend}: "
+        f"{args.op} {shape} {args.dtype} on {args.device}, backend {backend}: "
         f"{args.iterations} forward+backward pass(es), self {'kernel' if args.device == 'cuda' else 'CPU'} time"
     )
     print(format_groups(times, title))
@@ -122,14 +133,16 @@ def _grad_paths(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     input_size = args.input_size or args.hidden
     device = torch.device(args.device)
+    backend = _backend(args.backend, args.device)
     results = {}
     for cell in args.cells:
         torch.manual_seed(args.seed)
-        layer = classes[cell](input_size, args.hidden, backend=args.backend).to(device)
+        layer = classes[cell](input_size, args.hidden, backend=backend).to(device)
         x = torch.randn(args.seq_len, args.batch, input_size, device=device)
         results[cell] = gradient_paths(layer, x)
     marks = sorted({0, 1, 10, 50, 100, args.seq_len - 1} & set(range(args.seq_len)))
-    print(f"‖∂L/∂x[t]‖ at distance d from the loss (L = sum of the last output), T={args.seq_len}, H={args.hidden}")
+    print(f"‖∂L/∂x[t]‖ at distance d from the loss (L = sum of the last output), T={args.seq_len}, "
+          f"H={args.hidden}, backend {backend}")
     print(f"  {'cell':<6}" + "".join(f"{'d=' + str(d):>11}" for d in marks))
     for cell, paths in results.items():
         norms = paths.grad_norm_x.flip(0)

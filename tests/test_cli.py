@@ -104,6 +104,8 @@ def test_check_is_wired_to_the_check_module(monkeypatch):
         (["profile", "--op", "lstm", "--shape", "B2-Tq3-Tk5-D4-A6"], "--shape must be a recurrence shape"),
         (["grad-paths", "--cells", "lstm,tcn"], "--cells must name cells"),
         (["grad-paths", "--seq-len", "0"], "--seq-len must be at least 1"),
+        (["grad-paths", "--backend", "cudnn"], "backend must be one of"),
+        (["profile", "--op", "gru", "--shape", "B2-T3-I4-H5", "--backend", "cudnn"], "backend must be one of"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):

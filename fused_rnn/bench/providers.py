@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .. import backends
 from . import attention
 from .base import Built, Provider, cast
-from .shapes import ATTENTION_OPS, RECURRENT_OPS, RecurrentShape, Shape
+from .shapes import ATTENTION_OPS, RECURRENT_OPS, RecurrentShape
 from .workloads import Weights
 
 TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}

@@ -142,20 +142,17 @@ def _run_mode(sweep, truth, built, inputs, grad_output, mode, outcome) -> list[O
 
 def _measure(steps: dict, device: torch.device, budget: Budget) -> dict[str, tuple]:
     """name -> (timing, peak MiB, None) or (None, None, the exception)."""
-    measured: dict[str, tuple] = {}
     if device.type == "cpu":
         try:
             timings = time_interleaved(steps, budget)
+            return {name: (timings[name], peak_memory_mib(step, device), None) for name, step in steps.items()}
         except Exception as error:
             return {name: (None, None, error) for name in steps}
-    else:
-        timings = {}
-        for name, step in steps.items():
-            try:
-                timings[name] = time_cuda(step)
-            except Exception as error:  # out of memory at this point, typically
-                measured[name] = (None, None, error)
-                torch.cuda.empty_cache()
-    for name, timing in timings.items():
-        measured[name] = (timing, peak_memory_mib(steps[name], device), None)
+    measured: dict[str, tuple] = {}
+    for name, step in steps.items():
+        try:
+            measured[name] = (time_cuda(step), peak_memory_mib(step, device), None)
+        except Exception as error:  # out of memory at this point, typically
+            measured[name] = (None, None, error)
+            torch.cuda.empty_cache()
     return measured
