@@ -19,7 +19,7 @@ setup(
     name="fused_rnn",
     version="0.1.0",
     description="Fused RNN, LSTM, GRU and attention-scoring kernels for PyTorch (Triton and C++/CUDA)",
-    packages=["fused_rnn", "fused_rnn.kernels"],
+    packages=["fused_rnn", "fused_rnn.bench", "fused_rnn.kernels"],
     package_dir={"fused_rnn": "fused_rnn", "fused_rnn.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.6", "numpy", "triton; platform_system == 'Linux'"],

@@ -1,12 +1,15 @@
 """fused_rnn: fused RNN, LSTM and GRU kernels for PyTorch, as custom ops and drop-in torch.nn modules."""
 
 from . import ops, reference
+from .attention import AdditiveAttention, LuongAttention
 from .backends import available_backends
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdditiveAttention",
+    "LuongAttention",
     "GRU",
     "GRUCell",
     "LSTM",

@@ -61,20 +61,29 @@ def unavailable_reason(name: str, device: Union[torch.device, str]) -> Optional[
     return module.unavailable_reason(device)
 
 
+def _auto_order(device: torch.device) -> tuple[str, ...]:
+    return AUTO_ORDER.get(device.type, ("reference",))
+
+
 def available_backends(device: Union[torch.device, str] = "cpu") -> list[str]:
-    """The backends that can run on `device` now, in the order "auto" prefers them."""
+    """The backends that can run on `device` now: those "auto" may pick, in its order of preference,
+    then the others (on a CPU, "triton" when TRITON_INTERPRET=1 lets its kernels run)."""
     device = torch.device(device)
-    order = AUTO_ORDER.get(device.type, ("reference",))
+    preferred = _auto_order(device)
+    order = [*preferred, *(name for name in BACKEND_NAMES if name not in preferred)]
     return [name for name in order if unavailable_reason(name, device) is None]
 
 
+# Traced code (torch.compile) takes the resolved name as a constant: resolution imports modules and
+# asks them about the device, which must not become part of a graph.
+@torch.compiler.assume_constant_result
 def resolve_backend(name: str, device: Union[torch.device, str]) -> str:
     """The concrete backend that runs for `name` on `device`; raises RuntimeError saying why a
     requested backend cannot run and how to get it."""
     check_backend_name(name)
     device = torch.device(device)
     if name == "auto":
-        return available_backends(device)[0]
+        return next(choice for choice in _auto_order(device) if unavailable_reason(choice, device) is None)
     reason = unavailable_reason(name, device)
     if reason is not None:
         how = _HOW_TO_GET.get(name, "")

@@ -74,8 +74,29 @@ def _check_sizes(input_size, hidden_size, num_layers, bias, batch_first, proj_si
         )
 
 
+def _check_batch_sizes(packed: PackedSequence) -> None:
+    """A PackedSequence built by hand must still describe rows of lengths >= 1, sorted by length."""
+    sizes = packed.batch_sizes
+    if sizes.dim() != 1 or sizes.dtype != torch.int64 or sizes.device.type != "cpu" or sizes.numel() == 0:
+        raise RuntimeError(
+            "PackedSequence batch_sizes must be a non-empty 1-D int64 CPU tensor, got a "
+            f"{sizes.dim()}-D {sizes.dtype} tensor of {sizes.numel()} elements on {sizes.device}"
+        )
+    values = sizes.tolist()
+    if values[-1] < 1 or any(later > earlier for earlier, later in zip(values, values[1:])):
+        raise RuntimeError(
+            "PackedSequence batch_sizes must be positive and non-increasing (every row at least one "
+            f"step long, rows sorted by decreasing length), got {values}"
+        )
+    if sum(values) != packed.data.shape[0]:
+        raise RuntimeError(
+            f"PackedSequence data must have sum(batch_sizes) = {sum(values)} rows, got {packed.data.shape[0]}"
+        )
+
+
 def _padded_from_packed(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     """PackedSequence -> padded [T, B, F] in the packed (length-sorted) order, lengths [B] (CPU)."""
+    _check_batch_sizes(packed)
     return pad_packed_sequence(PackedSequence(packed.data, packed.batch_sizes))
 
 
@@ -259,6 +280,11 @@ class _RNNBase(_BackendMixin, nn.Module):
             self._check_input(x, packed=False)
             if self.batch_first:
                 x = x.transpose(0, 1)
+            if x.shape[0] == 0:
+                raise RuntimeError(
+                    f"Expected sequence length to be larger than 0 in {self.mode}, got input of shape "
+                    f"{list(input.shape)}"
+                )
             lengths_cpu = None
         batch = x.shape[1]
         states = self._initial_states(hx, batched, x, batch)
@@ -329,12 +355,6 @@ class RNN(_RNNBase):
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend)
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        return s
-
 
 # ------------------------------------------------------------------------------------------------
 # Cells: one time step through the same ops (T = 1).
@@ -393,11 +413,14 @@ class _RNNCellBase(_BackendMixin, nn.Module):
             states = [x.new_zeros(x.shape[0], self.hidden_size) for _ in range(count)]
         else:
             states = list(hx) if self.mode == "LSTM" else [hx]
-            if any(s.dim() != input.dim() for s in states):
-                raise ValueError(
-                    f"{name}: Expected hidden state to be {input.dim()}D like the input, got "
-                    f"{[s.dim() for s in states]}D instead"
-                )
+            for index, state in enumerate(states):
+                label = f"hx[{index}]" if self.mode == "LSTM" else "hidden"
+                if state.dim() not in (1, 2):
+                    raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {state.dim()}D instead")
+                if state.dim() != input.dim():
+                    raise RuntimeError(
+                        f"{name}: Expected {label} to be {input.dim()}D like the input, got {state.dim()}D"
+                    )
             states = states if batched else [s.unsqueeze(0) for s in states]
             for s in states:
                 if tuple(s.shape) != (x.shape[0], self.hidden_size):

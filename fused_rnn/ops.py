@@ -91,7 +91,7 @@ def check_rnn_args(xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tenso
 def check_lstm_args(
     xw: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor]
 ) -> None:
-    hidden = c0.shape[-1]
+    hidden = w_hh.shape[0] // 4
     steps, batch = _check_xw(xw, 4, hidden)
     state = hidden if w_hr is None else w_hr.shape[0]
     _check_tensors(
@@ -354,17 +354,24 @@ def _reference_vjp(
     inputs: Sequence[Optional[Tensor]],
     grad_outputs: Sequence[Optional[Tensor]],
 ) -> list[Optional[Tensor]]:
-    """Vector-Jacobian product of `function` at `inputs` (None inputs pass through as None)."""
-    with torch.enable_grad():
-        leaves = [None if x is None else x.detach().requires_grad_() for x in inputs]
-        outputs = function(*leaves)
-        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
-        wrt = [x for x in leaves if x is not None]
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True
-        )
-    grads = iter(grads)
-    return [None if x is None else next(grads) for x in leaves]
+    """Vector-Jacobian product of `function` at `inputs` (None inputs pass through as None).
+
+    torch.func.vjp differentiates with respect to each input as an independent variable even where
+    the inputs depend on one another outside (grad_hs is usually a function of hs, hence of xw), and
+    its result stays differentiable by autograd, so derivatives of every order are right.
+    """
+    present = [i for i, x in enumerate(inputs) if x is not None]
+
+    def of_present(*values: Tensor) -> tuple[Tensor, ...]:
+        full = list(inputs)
+        for i, value in zip(present, values):
+            full[i] = value
+        return tuple(function(*full))
+
+    outputs, vjp = torch.func.vjp(of_present, *[inputs[i] for i in present])
+    cotangents = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grad_outputs))
+    grads = iter(vjp(cotangents))
+    return [None if x is None else next(grads) for x in inputs]
 
 
 def _rnn_backward_setup_context(ctx, inputs, output):

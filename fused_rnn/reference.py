@@ -293,3 +293,187 @@ def gru_backward(
 def unavailable_reason(device: torch.device) -> Optional[str]:
     """The reference runs on every device."""
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention scoring: scores -> mask by key lengths -> softmax -> weighted sum of values.
+#
+# Shapes: B batch rows, Tq queries, Tk keys, A attention size (additive), D query/key feature size
+# (dot), Dv value size. The projections (W_q q + bias, W_k k, q W for "general") are GEMMs done
+# through autograd outside these functions; the functions take the projected tensors.
+#
+#     additive:  score[b, i, j] = v . tanh(pq[b, i] + pk[b, j])        pq [B, Tq, A], pk [B, Tk, A]
+#     dot:       score[b, i, j] = scale * (q[b, i] . k[b, j])           q [B, Tq, D],  k [B, Tk, D]
+#                (dot: scale 1; scaled_dot: 1/sqrt(D); general: q = query @ W, scale 1)
+#
+# Shared conventions (every backend):
+# - `key_lengths [B]` (int64, optional, values in 1..Tk): keys j >= key_lengths[b] get zero weight.
+# - Scores, the softmax and the log-sum-exp are computed in the accumulation dtype (float32 for
+#   half inputs); the weights are rounded to the input dtype before they multiply the values (as an
+#   eager computation in that dtype does), and so is the score gradient before its GEMMs.
+# - Forward returns (context [B, Tq, Dv], lse [B, Tq] in the accumulation dtype, weights [B, Tq, Tk]
+#   in the input dtype, or an empty [0] tensor when need_weights is False).
+# - Backward recomputes the weights from lse; `grad_weights` and `weights` are None unless the
+#   forward was asked for weights and they received a gradient.
+# This reference materialises [B, Tq, Tk] and, for the additive score, [B, Tq, Tk, A]; no other
+# backend may. Its backward is written out (`tests/test_attention_reference.py` checks it against
+# autograd through the forward).
+# ----------------------------------------------------------------------------------------------
+
+
+def _key_mask(key_lengths: Optional[Tensor], keys: int, device: torch.device) -> Optional[Tensor]:
+    """[B, 1, Tk] bool, True where key j lies within row b's length; None when every key counts."""
+    if key_lengths is None:
+        return None
+    return (torch.arange(keys, device=device) < key_lengths.unsqueeze(1)).unsqueeze(1)
+
+
+def _softmax_with_lse(scores: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """scores [B, Tq, Tk] -> (weights, lse [B, Tq]), masked keys at exactly zero weight."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse.unsqueeze(-1)), lse
+
+
+def _weighted_values(weights: Tensor, values: Tensor, acc: torch.dtype) -> Tensor:
+    """context [B, Tq, Dv] = weights (rounded to the values' dtype) @ values."""
+    return weights.to(values.dtype).to(acc) @ values.to(acc)
+
+
+def _attention_outputs(
+    scores: Tensor, values: Tensor, key_lengths: Optional[Tensor], need_weights: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    acc = scores.dtype
+    weights, lse = _softmax_with_lse(scores, _key_mask(key_lengths, scores.shape[-1], scores.device))
+    context = _weighted_values(weights, values, acc).to(values.dtype)
+    stored = weights.to(values.dtype) if need_weights else values.new_empty(0)
+    return context, lse, stored
+
+
+def attention_softmax_delta(
+    grad_context: Tensor, context: Tensor, grad_weights: Optional[Tensor], weights: Optional[Tensor]
+) -> Tensor:
+    """delta [B, Tq] = sum_j P_ij dP_ij, the softmax backward's row term, in the accumulation dtype:
+    rowsum(grad_context * context) (+ rowsum(grad_weights * weights) when weights got a gradient)."""
+    acc = accumulation_dtype(context.dtype)
+    delta = (grad_context.to(acc) * context.to(acc)).sum(-1)
+    if grad_weights is not None:
+        delta = delta + (grad_weights.to(acc) * weights.to(acc)).sum(-1)
+    return delta
+
+
+def _score_gradient(
+    grad_context: Tensor,
+    grad_weights: Optional[Tensor],
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    context: Tensor,
+    lse: Tensor,
+    scores: Tensor,
+    weights_saved: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """-> (d_scores [B, Tq, Tk] in the accumulation dtype, d_values [B, Tk, Dv]) from recomputed
+    weights P = exp(scores - lse): dP = grad_context @ values^T (+ grad_weights),
+    d_scores = P * (dP - delta), d_values = P^T @ grad_context."""
+    acc = scores.dtype
+    mask = _key_mask(key_lengths, scores.shape[-1], scores.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.exp(scores - lse.to(acc).unsqueeze(-1))
+    d_values = weights.to(values.dtype).to(acc).transpose(1, 2) @ grad_context.to(acc)
+    d_weights = grad_context.to(acc) @ values.to(acc).transpose(1, 2)
+    if grad_weights is not None:
+        d_weights = d_weights + grad_weights.to(acc)
+    delta = attention_softmax_delta(grad_context, context, grad_weights, weights_saved)
+    d_scores = weights * (d_weights - delta.unsqueeze(-1))
+    # Rounded like the half-precision tensor an eager computation would hand to the next GEMM.
+    return d_scores.to(values.dtype).to(acc), d_values.to(values.dtype)
+
+
+def additive_scores(pq: Tensor, pk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """-> (scores [B, Tq, Tk], tanh(pq_i + pk_j) [B, Tq, Tk, A]), in the accumulation dtype."""
+    acc = accumulation_dtype(pq.dtype)
+    hidden = torch.tanh(pq.to(acc).unsqueeze(2) + pk.to(acc).unsqueeze(1))
+    return hidden @ v.to(acc), hidden
+
+
+def additive_attention_forward(
+    pq: Tensor, pk: Tensor, v: Tensor, values: Tensor, key_lengths: Optional[Tensor], need_weights: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """pq [B, Tq, A] (= W_q q + bias), pk [B, Tk, A] (= W_k k), v [A], values [B, Tk, Dv],
+    key_lengths [B] -> context [B, Tq, Dv], lse [B, Tq], weights [B, Tq, Tk] (or [0])."""
+    scores, _ = additive_scores(pq, pk, v)
+    return _attention_outputs(scores, values, key_lengths, need_weights)
+
+
+def additive_attention_backward(
+    grad_context: Tensor,
+    grad_weights: Optional[Tensor],
+    pq: Tensor,
+    pk: Tensor,
+    v: Tensor,
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    context: Tensor,
+    lse: Tensor,
+    weights: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """grad_context [B, Tq, Dv], grad_weights [B, Tq, Tk] or None, the forward's inputs, context,
+    lse and weights (or None) -> d_pq [B, Tq, A], d_pk [B, Tk, A], d_v [A], d_values [B, Tk, Dv].
+
+    With h = tanh(pq_i + pk_j): d_pq_i = sum_j dS_ij v (1 - h^2), d_pk_j = sum_i dS_ij v (1 - h^2),
+    d_v = sum_ij dS_ij h.
+    """
+    scores, hidden = additive_scores(pq, pk, v)
+    d_scores, d_values = _score_gradient(
+        grad_context, grad_weights, values, key_lengths, context, lse, scores, weights
+    )
+    acc = scores.dtype
+    d_pre = d_scores.unsqueeze(-1) * v.to(acc) * (1 - hidden * hidden)  # [B, Tq, Tk, A]
+    d_v = torch.einsum("bij,bija->a", d_scores, hidden)
+    return d_pre.sum(2).to(pq.dtype), d_pre.sum(1).to(pk.dtype), d_v.to(v.dtype), d_values
+
+
+def dot_scores(query: Tensor, keys: Tensor, scale: float) -> Tensor:
+    """scores [B, Tq, Tk] = scale * query @ keys^T, in the accumulation dtype."""
+    acc = accumulation_dtype(query.dtype)
+    return (query.to(acc) @ keys.to(acc).transpose(1, 2)) * scale
+
+
+def dot_attention_forward(
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    scale: float,
+    need_weights: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """query [B, Tq, D], keys [B, Tk, D], values [B, Tk, Dv], key_lengths [B], scale ->
+    context [B, Tq, Dv], lse [B, Tq], weights [B, Tq, Tk] (or [0])."""
+    scores = dot_scores(query, keys, scale)
+    return _attention_outputs(scores, values, key_lengths, need_weights)
+
+
+def dot_attention_backward(
+    grad_context: Tensor,
+    grad_weights: Optional[Tensor],
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    context: Tensor,
+    lse: Tensor,
+    weights: Optional[Tensor],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> d_query [B, Tq, D], d_keys [B, Tk, D], d_values [B, Tk, Dv]
+    (d_query = scale dS @ keys, d_keys = scale dS^T @ query)."""
+    scores = dot_scores(query, keys, scale)
+    d_scores, d_values = _score_gradient(
+        grad_context, grad_weights, values, key_lengths, context, lse, scores, weights
+    )
+    acc = scores.dtype
+    d_query = (d_scores @ keys.to(acc)) * scale
+    d_keys = (d_scores.transpose(1, 2) @ query.to(acc)) * scale
+    return d_query.to(query.dtype), d_keys.to(keys.dtype), d_values

@@ -1,0 +1,117 @@
+"""`fused-rnn bench`: run a sweep on each device, print the table, store the rows and the plots."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .plots import plot_results
+from .registry import PROVIDERS, QUICK_PROVIDERS, check_providers
+from .report import format_table
+from .results import default_results_dir, environment, make_row, read_rows, write_rows
+from .runner import ERROR, FAILED, MEASURED, Sweep, run_sweep
+from .shapes import FULL_SWEEPS, MODES, OPS, Point, check_ops, parse_shape, quick_sweep, select_points, shape_fits_op
+from .timing import Budget
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUICK_BUDGET = Budget(min_calls=5, max_calls=30, seconds=1.5)
+FULL_BUDGET = Budget(min_calls=10, max_calls=100, seconds=4.0)
+
+
+def available_devices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def default_dtypes(device_type: str, quick: bool) -> list[torch.dtype]:
+    """float32 on the CPU; bfloat16 on CUDA (and float16 in the full sweep)."""
+    if device_type != "cuda":
+        return [torch.float32]
+    return [torch.bfloat16] if quick else [torch.bfloat16, torch.float16]
+
+
+def busy_warning() -> Optional[str]:
+    """A warning when other processes keep the CPU busy (CPU timings then mean little)."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        return f"warning: the CPU is busy (load {load:.1f} on {cores} cores); CPU timings will be unreliable"
+    return None
+
+
+def parse_dtypes(names: list[str]) -> list[torch.dtype]:
+    unknown = [name for name in names if name not in DTYPES]
+    if unknown:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {unknown}")
+    return [DTYPES[name] for name in names]
+
+
+def points_for(device_type: str, quick: bool, ops: list[str], sweeps: list[str], shapes: list[str]) -> list[Point]:
+    """Explicit shapes (for every requested op that takes them), else the named sweeps, else the
+    quick or full sweep of the device type."""
+    if shapes:
+        parsed = [parse_shape(text) for text in shapes]
+        return [Point(op, shape) for shape in parsed for op in (ops or OPS) if shape_fits_op(op, shape)]
+    if not sweeps:
+        sweeps = [quick_sweep(device_type)] if quick else list(FULL_SWEEPS)
+    return select_points(sweeps, ops)
+
+
+def run_bench(
+    quick: bool = False,
+    ops: Optional[list[str]] = None,
+    devices: Optional[list[str]] = None,
+    csv_path: Optional[str] = None,
+    plot_dir: Optional[str] = None,
+    sweeps: Optional[list[str]] = None,
+    shapes: Optional[list[str]] = None,
+    providers: Optional[list[str]] = None,
+    dtypes: Optional[list[str]] = None,
+    modes: Optional[list[str]] = None,
+) -> int:
+    """Run, print and store; 0 when every runnable provider passed its check and ran, else 1."""
+    ops = check_ops(ops or [])
+    providers = check_providers(providers or [])
+    modes = modes or list(MODES)
+    if any(mode not in MODES for mode in modes):
+        raise ValueError(f"mode must be one of {list(MODES)}, got {modes}")
+    devices = devices or available_devices()
+    results_dir = default_results_dir()
+    status = 0
+    for device_type in devices:
+        if device_type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here")
+        device = torch.device(device_type)
+        warning = busy_warning() if device_type == "cpu" else None
+        if warning:
+            print(warning, file=sys.stderr)
+        sweep = Sweep(
+            device=device,
+            points=points_for(device_type, quick, ops, sweeps or [], shapes or []),
+            dtypes=parse_dtypes(dtypes) if dtypes else default_dtypes(device_type, quick),
+            modes=modes,
+            providers=providers or list(QUICK_PROVIDERS[device_type] if quick else PROVIDERS),
+            budget=QUICK_BUDGET if quick else FULL_BUDGET,
+        )
+        print(f"fused-rnn bench on {device_type}: {len(sweep.points)} points, {sweep.size()} measurements", flush=True)
+        outcomes = run_sweep(sweep)
+        print(format_table(outcomes, device_type), flush=True)
+        env = environment(device)
+        rows = [
+            make_row(o.op, o.provider, o.mode, o.shape, o.dtype, o.timing, o.peak_mib, env)
+            for o in outcomes
+            if o.status == MEASURED
+        ]
+        path = Path(csv_path) if csv_path else results_dir / f"{device_type}.csv"
+        write_rows(path, rows)
+        print(f"wrote {len(rows)} rows to {path}")
+        plots = plot_results(read_rows(path), env["device"], device_type, Path(plot_dir) if plot_dir else path.parent / "plots")
+        for plot in plots:
+            print(f"wrote {plot}")
+        broken = [o for o in outcomes if o.status in (FAILED, ERROR)]
+        for o in broken:
+            print(f"{o.status}: {o.provider} {o.op} {o.shape} {o.mode}: {o.reason}", file=sys.stderr)
+        status = status or (1 if broken else 0)
+    return status

@@ -1,0 +1,119 @@
+"""The fused-rnn command on the CPU with tiny shapes: bench, profile, grad-paths, check's wiring
+and argument errors."""
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from fused_rnn import cli
+from fused_rnn.bench.results import COLUMNS, read_rows
+
+
+def test_bench_prints_table_and_writes_csv_and_plots(tmp_path, capsys):
+    csv_path = tmp_path / "cpu.csv"
+    status = cli.main([
+        "bench", "--quick", "--device", "cpu", "--shape", "B2-T4-I3-H5", "--shape", "B3-T4-I3-H5",
+        "--op", "lstm", "--provider", "torch-cpu,reference,native", "--csv", str(csv_path), "--plot", str(tmp_path / "plots"),
+    ])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "lstm B2-T4-I3-H5 float32 forward+backward  (baseline: torch-cpu)" in out and "time/base" in out
+    assert f"wrote 8 rows to {csv_path}" in out
+    rows = read_rows(csv_path)
+    assert len(rows) == 8 and set(rows[0]) == set(COLUMNS)
+    assert {(r["provider"], r["mode"]) for r in rows} == {
+        (p, m) for p in ("torch-cpu", "reference") for m in ("forward", "forward+backward")
+    }
+    assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in rows)
+    assert (tmp_path / "plots" / "cpu-lstm-float32.png").exists()
+
+
+def test_bench_attention_points(tmp_path, capsys):
+    status = cli.main([
+        "bench", "--quick", "--device", "cpu", "--shape", "B2-Tq3-Tk5-D4-A6", "--op", "dot_attention,additive_attention",
+        "--provider", "naive,sdpa,reference", "--mode", "forward", "--csv", str(tmp_path / "a.csv"),
+    ])
+    out = capsys.readouterr().out
+    assert status == 0
+    rows = read_rows(tmp_path / "a.csv")
+    assert {(r["op"], r["provider"]) for r in rows} >= {("dot_attention", "naive"), ("dot_attention", "sdpa"), ("additive_attention", "naive")}
+    assert "additive_attention B2-Tq3-Tk5-D4-A6 float32 forward  (baseline: naive)" in out
+
+
+def test_profile_groups_on_cpu(tmp_path, capsys):
+    trace = tmp_path / "trace.json"
+    assert cli.main(["profile", "--op", "lstm", "--shape", "B2-T6-I3-H4", "--backend", "reference", "--trace", str(trace)]) == 0
+    out = capsys.readouterr().out
+    shares = {}
+    for line in out.splitlines():
+        for group in ("input GEMM", "forward recurrence", "backward recurrence", "weight-gradient GEMMs"):
+            if line.startswith(f"  {group} ") and line.rstrip().endswith("%"):
+                shares[group] = float(line.split()[-2])
+    assert len(shares) == 4 and all(ms > 0 for ms in shares.values()), out
+    assert "fused_rnn::lstm_forward" in out and "fused_rnn::lstm_backward" in out
+    assert any(e.get("name") == "fused_rnn::lstm_backward" for e in json.loads(trace.read_text())["traceEvents"])
+
+
+def test_profile_groups_gemms_by_role():
+    """The input projection, its input gradient and the weight gradients land where they belong."""
+    from fused_rnn.bench.kernel_profile import profile_layer
+    from fused_rnn.bench.shapes import parse_shape
+
+    times = profile_layer("gru", parse_shape("B2-T5-I3-H4"), backend="reference")  # T*B != any weight size
+    assert "aten::addmm" in times.by_name["input GEMM"]  # x @ W_ih^T + b, forward
+    assert "aten::mm" in times.by_name["input GEMM"]  # dxw @ W_ih, backward
+    assert {"aten::mm", "aten::addmm"} <= set(times.by_name["weight-gradient GEMMs"])  # dW_ih, dW_hh
+    assert "fused_rnn::gru_backward" in times.by_name["backward recurrence"]
+    assert not any("fused_rnn::" in name for name in times.by_name["other"])
+
+
+def test_grad_paths_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "paths.json", tmp_path / "paths.png"
+    assert cli.main([
+        "grad-paths", "--cells", "rnn,lstm,gru", "--seq-len", "12", "--hidden", "6", "--json", str(out_json), "--plot", str(out_png),
+    ]) == 0
+    document = json.loads(out_json.read_text())
+    assert set(document["cells"]) == {"rnn", "lstm", "gru"}
+    lstm = document["cells"]["lstm"]
+    assert all(len(lstm[k]) == 12 for k in ("grad_norm_x", "grad_norm_h", "grad_norm_c", "forget_gate_mean"))
+    assert lstm["grad_norm_x"][-1] > lstm["grad_norm_x"][0]  # the gradient fades away from the loss
+    assert out_png.stat().st_size > 10_000
+    assert "d=11" in capsys.readouterr().out
+
+
+def test_check_is_wired_to_the_check_module(monkeypatch):
+    calls = []
+    fake = types.ModuleType("fused_rnn.check")
+    fake.main = lambda devices=None: calls.append(devices) or 3
+    monkeypatch.setitem(sys.modules, "fused_rnn.check", fake)
+    assert cli.main(["check", "--device", "cpu"]) == 3
+    assert cli.main(["check"]) == 3
+    assert calls == [["cpu"], None]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--op", "lstmx"], "op must be one of"),
+        (["bench", "--provider", "cudnnn"], "provider must be one of"),
+        (["bench", "--shape", "B2-T4"], "shape must look like"),
+        (["bench", "--dtype", "float8"], "dtype must be one of"),
+        (["profile", "--op", "lstm", "--shape", "B2-Tq3-Tk5-D4-A6"], "--shape must be a recurrence shape"),
+        (["grad-paths", "--cells", "lstm,tcn"], "--cells must name cells"),
+        (["grad-paths", "--seq-len", "0"], "--seq-len must be at least 1"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "fused_rnn.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert all(command in done.stdout for command in ("check", "bench", "profile", "grad-paths"))
