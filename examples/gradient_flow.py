@@ -5,11 +5,12 @@
 
 The task needs long memory: a sequence of `--delay + 1` one-hot tokens whose first token is one of
 `--symbols` signal symbols and whose rest is noise; the loss, at the last step only, asks for that
-first token back. For each layer the example measures ‖∂L/∂x[t]‖ (over batch and features) against
-the distance from the loss, on a fresh layer and again after a short training, and, for the LSTM,
-the cell-state gradient ‖∂L/∂c[t]‖ and the mean forget-gate activation per step for forget-gate
-biases 0, 1 and 3. It prints every number it plots, writes them all to gradient_flow.json and
-draws gradient_flow.png under --out.
+first token back. With fused_rnn's gradient-path profiler the example measures, for each layer,
+‖∂L/∂x[t]‖ (over batch and features) against the distance from the loss, on a fresh layer and
+again after a short training, and, for the LSTM, the cell-state gradient ‖∂L/∂c[t]‖ and the mean
+forget-gate activation per step for forget-gate biases 0, 1 and 3. It prints every number it
+plots, writes them all (and the GRU's mean update gate) to gradient_flow.json and draws
+gradient_flow.png under --out.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +25,7 @@ import torch
 from torch import nn
 
 import fused_rnn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gradient_measure import measure_paths  # noqa: E402
+from fused_rnn.profiling import gradient_paths
 
 LAYERS = {"rnn": fused_rnn.RNN, "lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
 FORGET_BIASES = (0.0, 1.0, 3.0)
@@ -109,10 +106,10 @@ def run_configuration(name: str, kind: str, args, probe, forget_bias=None) -> di
         set_forget_bias(model.layer, forget_bias)
     x, y = probe
     loss_fn = lambda out: nn.functional.cross_entropy(model.head(out[-1]), y)  # noqa: E731
-    before = measure_paths(model.layer, x, loss_fn)
+    before = gradient_paths(model.layer, x, loss_fn).to_dict()
     started = time.perf_counter()
     accuracy = train(model, args, torch.Generator().manual_seed(args.seed + 1))
-    after = measure_paths(model.layer, x, loss_fn)
+    after = gradient_paths(model.layer, x, loss_fn).to_dict()
     print(f"{name}: trained {args.steps} steps in {time.perf_counter() - started:.0f} s, "
           f"recall accuracy {accuracy:.3f} (chance {1 / args.symbols:.3f})", flush=True)
     return {"kind": kind, "forget_bias": forget_bias, "accuracy": accuracy, "before": before, "after": after}
@@ -150,7 +147,7 @@ def plot(results: dict, path: Path) -> None:
         for phase, style in (("before", "--"), ("after", "-")):
             axes[1].semilogy(by_distance(result[phase]["grad_norm_c"]), style, color=colours[name],
                              label=f"{name} {phase}")
-            axes[2].plot(by_distance(result[phase]["forget_gate"]), style, color=colours[name],
+            axes[2].plot(by_distance(result[phase]["forget_gate_mean"]), style, color=colours[name],
                          label=f"{name} {phase}")
     axes[1].set_title("LSTM cell-state path ‖∂L/∂c[t]‖ by forget-gate bias")
     axes[2].set_title("LSTM mean forget-gate activation")
@@ -179,7 +176,7 @@ def main(argv=None) -> None:
     for phase in ("before", "after"):
         print_table(f"‖∂L/∂x[t]‖ {phase} training, by distance from the loss:",
                     {name: by_distance(r[phase]["grad_norm_x"]) for name, r in results.items()}, distances)
-    for quantity in ("grad_norm_c", "forget_gate"):
+    for quantity in ("grad_norm_c", "forget_gate_mean"):
         for phase in ("before", "after"):
             print_table(f"LSTM {quantity} {phase} training, by distance from the loss:",
                         {name: by_distance(r[phase][quantity]) for name, r in results.items()

@@ -38,10 +38,11 @@ class TorchAdditiveAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.uniform_(self.w_query, -1 / math.sqrt(self.w_query.shape[1]), 1 / math.sqrt(self.w_query.shape[1]))
-        nn.init.uniform_(self.w_key, -1 / math.sqrt(self.w_key.shape[1]), 1 / math.sqrt(self.w_key.shape[1]))
-        nn.init.zeros_(self.bias)
-        nn.init.uniform_(self.v, -1 / math.sqrt(self.v.shape[0]), 1 / math.sqrt(self.v.shape[0]))
+        """Uniform in ±1/sqrt(fan_in), drawn in fused_rnn.AdditiveAttention's order (same seed, same
+        values): fan_in is query_size for w_query and bias, key_size for w_key, attn_size for v."""
+        for parameter, fan_in in ((self.w_query, self.w_query.shape[1]), (self.bias, self.w_query.shape[1]),
+                                  (self.w_key, self.w_key.shape[1]), (self.v, self.v.shape[0])):
+            nn.init.uniform_(parameter, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def forward(self, query: Tensor, keys: Tensor, values: Optional[Tensor] = None, *,
                 key_lengths: Optional[Tensor] = None, need_weights: bool = False):
@@ -63,7 +64,7 @@ class TorchLuongAttention(nn.Module):
         self.score = score
         if score == "general":
             self.weight = nn.Parameter(torch.empty(query_size, key_size))
-            bound = 1 / math.sqrt(key_size)
+            bound = 1 / math.sqrt(query_size)  # as fused_rnn.LuongAttention
             nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, query: Tensor, keys: Tensor, values: Optional[Tensor] = None, *,
