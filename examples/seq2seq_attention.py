@@ -15,9 +15,7 @@ that shows what attention buys on long inputs.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -40,11 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--modules", choices=MODULES, default="fused",
                         help="fused_rnn modules, or torch.nn modules with plain-PyTorch attention")
     parser.add_argument("--attention", choices=ATTENTIONS, default="additive")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps")
+    parser.add_argument("--steps", type=int, default=600, help="training steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--held-out", type=int, default=2000, help="held-out examples")
-    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (these small matrices run fastest on one)")
@@ -56,11 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def exact_matches(model: Seq2Seq, batch: dates.Batch, tgt_vocab: dates.Vocab) -> tuple[list[bool], torch.Tensor]:
-    """Greedy-decode a batch -> (per example: output == answer, attention weights [B, T, S] or None)."""
-    ids, weights = model.greedy(batch.src, batch.src_lengths, dates.TARGET_LENGTH + 1)
-    decoded = [tgt_vocab.decode(row) for row in ids.tolist()]
-    return [d == a for d, a in zip(decoded, batch.answers)], weights
+def exact_matches(model: Seq2Seq, batch: dates.Batch, tgt_vocab: dates.Vocab) -> list[bool]:
+    """Greedy-decode a batch -> per example, whether the output is exactly the answer."""
+    ids, _ = model.greedy(batch.src, batch.src_lengths, dates.TARGET_LENGTH + 1)
+    return [tgt_vocab.decode(row) == answer for row, answer in zip(ids.tolist(), batch.answers)]
 
 
 def evaluate(model: Seq2Seq, held_out, src_vocab, tgt_vocab, device, batch_size: int = 500):
@@ -70,7 +67,7 @@ def evaluate(model: Seq2Seq, held_out, src_vocab, tgt_vocab, device, batch_size:
     correct, lengths = [], []
     for start in range(0, len(held_out), batch_size):
         batch = dates.make_batch(held_out[start:start + batch_size], src_vocab, tgt_vocab).to(device)
-        correct += exact_matches(model, batch, tgt_vocab)[0]
+        correct += exact_matches(model, batch, tgt_vocab)
         lengths += batch.src_lengths.tolist()
     model.train()
     by_length = {}
@@ -115,7 +112,7 @@ def train(args, attention: str, held_out, src_vocab, tgt_vocab) -> Seq2Seq:
 
 
 def plot_attention(model: Seq2Seq, examples, src_vocab, tgt_vocab, device, path: Path) -> None:
-    """Heatmaps of attention weights, source characters (x) against output tokens (y), one per example."""
+    """Heatmaps of attention weights, source characters (x) against output characters (y), one per example."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,15 +121,15 @@ def plot_attention(model: Seq2Seq, examples, src_vocab, tgt_vocab, device, path:
     batch = dates.make_batch(examples, src_vocab, tgt_vocab).to(device)
     model.eval()
     ids, weights = model.greedy(batch.src, batch.src_lengths, dates.TARGET_LENGTH + 1)
-    figure, axes = plt.subplots(1, len(examples), figsize=(4.2 * len(examples), 4.2), squeeze=False)
-    for axis, (text, _), row, w, length in zip(axes[0], examples, ids.tolist(), weights, batch.src_lengths):
-        source = dates.tokenize(text)
-        output = [tgt_vocab.itos[i] for i in row]
-        axis.imshow(w[:, : int(length)].cpu().numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        axis.set_xticks(range(len(source)), source, rotation=70, ha="right", fontsize=8)
-        axis.set_yticks(range(len(output)), output, fontsize=8)
-        axis.set_title(textwrap.fill(text, 48), fontsize=8)
-    figure.suptitle("attention weights: output token (rows) against source token (columns)")
+    lengths = batch.src_lengths.tolist()
+    figure, axes = plt.subplots(1, len(examples), figsize=(2.5 + 0.16 * sum(lengths) + len(examples), 3.8),
+                                gridspec_kw={"width_ratios": [max(n, 12) for n in lengths]}, squeeze=False)
+    for axis, (text, _), row, w, length in zip(axes[0], examples, ids.tolist(), weights, lengths):
+        axis.imshow(w[:, :length].cpu().numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        axis.set_xticks(range(length), ["␣" if ch == " " else ch for ch in text], fontsize=7)
+        axis.set_yticks(range(len(row)), [tgt_vocab.itos[i] for i in row], fontsize=8)
+        axis.set_title(text, fontsize=8)
+    figure.suptitle("attention weights: output character (rows) against source character (columns)")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
@@ -170,7 +167,6 @@ def demo_examples(held_out, count: int = 3):
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    random.seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     src_vocab, tgt_vocab = dates.source_vocab(), dates.target_vocab()
     held_out = dates.held_out_split(args.held_out, seed=args.seed + 1000)
