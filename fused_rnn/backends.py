@@ -74,7 +74,7 @@ def available_backends(device: Union[torch.device, str] = "cpu") -> list[str]:
     return [name for name in order if unavailable_reason(name, device) is None]
 
 
-def _constant_when_traced(function):
+def constant_when_traced(function):
     """torch.compiler.assume_constant_result(function), without importing torch._dynamo (seconds)
     when fused_rnn is imported: that decorator only sets this attribute, which Dynamo reads."""
     function._dynamo_marked_constant = True
@@ -83,7 +83,7 @@ def _constant_when_traced(function):
 
 # Traced code (torch.compile) takes the resolved name as a constant: resolution imports modules and
 # asks them about the device, which must not become part of a graph.
-@_constant_when_traced
+@constant_when_traced
 def resolve_backend(name: str, device: Union[torch.device, str]) -> str:
     """The concrete backend that runs for `name` on `device`; raises RuntimeError saying why a
     requested backend cannot run and how to get it."""
