@@ -28,7 +28,13 @@ from torch import Tensor
 
 from . import reference
 from .backends import (
-    BACKEND_NAMES, available_backends, check_backend_name, get_backend, resolve_backend, unavailable_reason,
+    BACKEND_NAMES,
+    available_backends,
+    check_backend_name,
+    constant_when_traced,
+    get_backend,
+    resolve_backend,
+    unavailable_reason,
 )
 from .ops import _expect_shape, _reference_vjp
 
@@ -57,7 +63,7 @@ def _attention_module(name: str) -> Optional[ModuleType]:
     return module if all(hasattr(module, f) for f in ATTENTION_FUNCTIONS) else None
 
 
-@torch.compiler.assume_constant_result  # traced as its value: it imports and reads the environment
+@constant_when_traced  # traced as its value: it imports and reads the environment
 def resolve_attention_backend(name: str, device: Union[torch.device, str]) -> str:
     """The concrete backend that runs attention for `name` on `device`. "auto" takes the first
     available backend that implements attention; a named backend that cannot run raises the
