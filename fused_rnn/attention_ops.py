@@ -36,7 +36,7 @@ from .backends import (
     resolve_backend,
     unavailable_reason,
 )
-from .ops import _expect_shape, _reference_vjp
+from .ops import contiguous, expect_shape, reference_vjp
 
 ATTENTION_FUNCTIONS = (
     "additive_attention_forward",
@@ -136,7 +136,7 @@ def check_key_lengths(key_lengths: Optional[Tensor], batch: int, keys: Tensor) -
         raise RuntimeError(
             f"key_lengths must be on {keys.device} (the device of the keys), got {key_lengths.device}"
         )
-    _expect_shape("key_lengths", key_lengths, [batch])
+    expect_shape("key_lengths", key_lengths, [batch])
 
 
 def check_key_lengths_range(key_lengths: Optional[Tensor], keys: int) -> None:
@@ -175,7 +175,7 @@ def check_additive_args(
     if pk.shape[1] < 1:
         raise RuntimeError(f"pk must hold at least one key (Tk >= 1), got shape {list(pk.shape)}")
     _check_like("v", v, pq, "pq")
-    _expect_shape("v", v, [attn])
+    expect_shape("v", v, [attn])
     _check_values(values, batch, pk.shape[1], pq, "pq")
     check_key_lengths(key_lengths, batch, pk)
 
@@ -199,10 +199,6 @@ def check_dot_args(
     check_key_lengths(key_lengths, batch, keys)
     if not scale > 0 or scale == float("inf"):
         raise RuntimeError(f"scale must be a finite positive number, got {scale}")
-
-
-def _contiguous(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
-    return [None if t is None else t.contiguous() for t in tensors]
 
 
 def _fake_outputs(query: Tensor, values: Tensor, keys: int, need_weights: bool):
@@ -230,7 +226,7 @@ def additive_attention_forward(
     check_additive_args(pq, pk, v, values, key_lengths)
     check_key_lengths_range(key_lengths, pk.shape[1])
     implementation = _implementation(backend, pq.device)
-    args = _contiguous(pq, pk, v, values, key_lengths)
+    args = contiguous(pq, pk, v, values, key_lengths)
     return implementation.additive_attention_forward(*args, need_weights)
 
 
@@ -256,7 +252,7 @@ def additive_attention_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> d_pq [B, Tq, A], d_pk [B, Tk, A], d_v [A], d_values [B, Tk, Dv]."""
     implementation = _implementation(backend, pq.device)
-    args = _contiguous(grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights)
+    args = contiguous(grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights)
     return implementation.additive_attention_backward(*args)
 
 
@@ -278,7 +274,7 @@ def dot_attention_forward(
     check_dot_args(query, keys, values, key_lengths, scale)
     check_key_lengths_range(key_lengths, keys.shape[1])
     implementation = _implementation(backend, query.device)
-    args = _contiguous(query, keys, values, key_lengths)
+    args = contiguous(query, keys, values, key_lengths)
     return implementation.dot_attention_forward(*args, scale, need_weights)
 
 
@@ -304,7 +300,7 @@ def dot_attention_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> d_query [B, Tq, D], d_keys [B, Tk, D], d_values [B, Tk, Dv]."""
     implementation = _implementation(backend, query.device)
-    args = _contiguous(grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights)
+    args = contiguous(grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights)
     return implementation.dot_attention_backward(*args, scale)
 
 
@@ -395,7 +391,7 @@ def _additive_backward_grad(ctx, grad_d_pq, grad_d_pk, grad_d_v, grad_d_values):
             weights if need_weights else None,
         )
 
-    grads = _reference_vjp(
+    grads = reference_vjp(
         backward_from_inputs,
         [grad_context, grad_weights, pq, pk, v, values],
         [grad_d_pq, grad_d_pk, grad_d_v, grad_d_values],
@@ -427,7 +423,7 @@ def _dot_backward_grad(ctx, grad_d_query, grad_d_keys, grad_d_values):
             weights if need_weights else None, scale,
         )
 
-    grads = _reference_vjp(
+    grads = reference_vjp(
         backward_from_inputs,
         [grad_context, grad_weights, query, keys, values],
         [grad_d_query, grad_d_keys, grad_d_values],

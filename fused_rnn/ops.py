@@ -29,7 +29,7 @@ from .backends import get_backend
 # ----------------------------------------------------------------------------------------------
 
 
-def _expect_shape(name: str, tensor: Tensor, shape: Sequence[int]) -> None:
+def expect_shape(name: str, tensor: Tensor, shape: Sequence[int]) -> None:
     if tuple(tensor.shape) != tuple(shape):
         raise RuntimeError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
 
@@ -60,7 +60,7 @@ def _check_lengths(lengths: Optional[Tensor], batch: int, xw: Tensor) -> None:
         raise RuntimeError(f"lengths must have dtype torch.int64, got {lengths.dtype}")
     if lengths.device != xw.device:
         raise RuntimeError(f"lengths must be on {xw.device} (the device of xw), got {lengths.device}")
-    _expect_shape("lengths", lengths, [batch])
+    expect_shape("lengths", lengths, [batch])
 
 
 def check_lengths_range(lengths: Optional[Tensor], steps: int) -> None:
@@ -78,7 +78,7 @@ def _check_tensors(xw: Tensor, named: dict[str, tuple[Optional[Tensor], Sequence
     for name, (tensor, shape) in named.items():
         if tensor is not None:
             _expect_like(name, tensor, xw)
-            _expect_shape(name, tensor, shape)
+            expect_shape(name, tensor, shape)
 
 
 def check_rnn_args(xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tensor]) -> None:
@@ -118,7 +118,7 @@ def check_gru_args(
     _check_lengths(lengths, batch, xw)
 
 
-def _contiguous(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
+def contiguous(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
     return [None if t is None else t.contiguous() for t in tensors]
 
 
@@ -133,7 +133,7 @@ def rnn_forward(
 ) -> tuple[Tensor, Tensor]:
     check_rnn_args(xw, w_hh, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).rnn_forward(*_contiguous(xw, w_hh, h0, lengths), relu)
+    return get_backend(backend).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
 
 
 @rnn_forward.register_fake
@@ -156,7 +156,7 @@ def rnn_backward(
 ) -> tuple[Tensor, Tensor]:
     """-> dxw [T, B, H], dh0 [B, H]. `xw` is not read by the kernels; it is an input so that the
     backward of this op can recompute the forward."""
-    grad_hs, grad_h_n, w_hh, h0, lengths, hs = _contiguous(grad_hs, grad_h_n, w_hh, h0, lengths, hs)
+    grad_hs, grad_h_n, w_hh, h0, lengths, hs = contiguous(grad_hs, grad_h_n, w_hh, h0, lengths, hs)
     return get_backend(backend).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
 
 
@@ -177,7 +177,7 @@ def lstm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).lstm_forward(*_contiguous(xw, w_hh, w_hr, h0, c0, lengths))
+    return get_backend(backend).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
 
 
 @lstm_forward.register_fake
@@ -211,7 +211,7 @@ def lstm_backward(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dxw [T, B, 4H], dh0 [B, P], dc0 [B, H], dw_hr [P, H] (shape [0] without projection)."""
-    args = _contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
+    args = contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
     return get_backend(backend).lstm_backward(*args)
 
 
@@ -232,7 +232,7 @@ def gru_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).gru_forward(*_contiguous(xw, w_hh, b_hn, h0, lengths))
+    return get_backend(backend).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
 
 
 @gru_forward.register_fake
@@ -260,7 +260,7 @@ def gru_backward(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> dxw [T, B, 3H], d_hn [T, B, H], dh0 [B, H]."""
-    args = _contiguous(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
+    args = contiguous(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
     return get_backend(backend).gru_backward(*args)
 
 
@@ -349,7 +349,7 @@ gru_forward.register_autograd(_gru_grad, setup_context=_gru_setup_context)
 # ----------------------------------------------------------------------------------------------
 
 
-def _reference_vjp(
+def reference_vjp(
     function: Callable[..., Sequence[Tensor]],
     inputs: Sequence[Optional[Tensor]],
     grad_outputs: Sequence[Optional[Tensor]],
@@ -388,7 +388,7 @@ def _rnn_backward_grad(ctx, grad_dxw, grad_dh0):
         hs, _ = reference.rnn_forward(xw, w_hh, h0, lengths, relu)
         return reference.rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
 
-    grads = _reference_vjp(backward_from_inputs, [grad_hs, grad_h_n, xw, w_hh, h0], [grad_dxw, grad_dh0])
+    grads = reference_vjp(backward_from_inputs, [grad_hs, grad_h_n, xw, w_hh, h0], [grad_dxw, grad_dh0])
     return (*grads, None, None, None, None)
 
 
@@ -409,7 +409,7 @@ def _lstm_backward_grad(ctx, grad_dxw, grad_dh0, grad_dc0, grad_dw_hr):
             grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates
         )
 
-    grads = _reference_vjp(
+    grads = reference_vjp(
         backward_from_inputs,
         [grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0],
         [grad_dxw, grad_dh0, grad_dc0, None if w_hr is None else grad_dw_hr],
@@ -432,7 +432,7 @@ def _gru_backward_grad(ctx, grad_dxw, grad_d_hn, grad_dh0):
         hs, _, gates = reference.gru_forward(xw, w_hh, b_hn, h0, lengths)
         return reference.gru_backward(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
 
-    grads = _reference_vjp(
+    grads = reference_vjp(
         backward_from_inputs,
         [grad_hs, grad_h_n, xw, w_hh, b_hn, h0],
         [grad_dxw, grad_d_hn, grad_dh0],

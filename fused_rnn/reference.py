@@ -33,19 +33,19 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _live_rows(lengths: Optional[Tensor], t: int) -> Optional[Tensor]:
+def live_rows(lengths: Optional[Tensor], t: int) -> Optional[Tensor]:
     """[B, 1] bool mask of the rows still running at step t, or None when every row runs."""
     if lengths is None:
         return None
     return (lengths > t).unsqueeze(1)
 
 
-def _keep_live(mask: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
+def keep_live(mask: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
     """`new` on live rows, `old` elsewhere."""
     return new if mask is None else torch.where(mask, new, old)
 
 
-def _zero_dead(mask: Optional[Tensor], value: Tensor) -> Tensor:
+def zero_dead(mask: Optional[Tensor], value: Tensor) -> Tensor:
     """`value` on live rows, zero elsewhere."""
     return value if mask is None else torch.where(mask, value, torch.zeros_like(value))
 
@@ -74,9 +74,9 @@ def rnn_forward(
     for t in range(xw.shape[0]):
         pre = xw[t].to(acc) + h.to(xw.dtype).to(acc) @ w.t()
         h_new = torch.relu(pre) if relu else torch.tanh(pre)
-        live = _live_rows(lengths, t)
-        outputs.append(_zero_dead(live, h_new))
-        h = _keep_live(live, h_new, h)
+        live = live_rows(lengths, t)
+        outputs.append(zero_dead(live, h_new))
+        h = keep_live(live, h_new, h)
     return torch.stack(outputs).to(xw.dtype), h.to(xw.dtype)
 
 
@@ -95,13 +95,13 @@ def rnn_backward(
     dh = grad_h_n.to(acc)
     dxw = [None] * hs.shape[0]
     for t in reversed(range(hs.shape[0])):
-        live = _live_rows(lengths, t)
+        live = live_rows(lengths, t)
         h = hs[t].to(acc)
-        g = dh + _zero_dead(live, grad_hs[t].to(acc))
+        g = dh + zero_dead(live, grad_hs[t].to(acc))
         dpre = g * (h > 0).to(acc) if relu else g * (1 - h * h)
-        dpre = _zero_dead(live, dpre)
+        dpre = zero_dead(live, dpre)
         dxw[t] = dpre
-        dh = _keep_live(live, dpre @ w, dh)
+        dh = keep_live(live, dpre @ w, dh)
     return torch.stack(dxw).to(hs.dtype), dh.to(h0.dtype)
 
 
@@ -138,12 +138,12 @@ def lstm_forward(
         h_new = o * torch.tanh(c_new)
         if w_proj is not None:
             h_new = h_new @ w_proj.t()
-        live = _live_rows(lengths, t)
-        hs.append(_zero_dead(live, h_new))
-        cs.append(_zero_dead(live, c_new))
-        gates.append(_zero_dead(live, torch.cat([i, f, g, o], dim=1)))
-        h = _keep_live(live, h_new, h)
-        c = _keep_live(live, c_new, c)
+        live = live_rows(lengths, t)
+        hs.append(zero_dead(live, h_new))
+        cs.append(zero_dead(live, c_new))
+        gates.append(zero_dead(live, torch.cat([i, f, g, o], dim=1)))
+        h = keep_live(live, h_new, h)
+        c = keep_live(live, c_new, c)
     return (
         torch.stack(hs).to(xw.dtype),
         h.to(xw.dtype),
@@ -177,11 +177,11 @@ def lstm_backward(
     dxw = [None] * steps
     dh_out = [None] * steps  # gradient reaching each step's (projected) output, for dw_hr
     for t in reversed(range(steps)):
-        live = _live_rows(lengths, t)
+        live = live_rows(lengths, t)
         i, f, g, o = gates[t].to(acc).chunk(4, dim=1)
         c = cs[t]
         c_prev = cs[t - 1] if t > 0 else c0.to(acc)
-        g_h = _zero_dead(live, dh + _zero_dead(live, grad_hs[t].to(acc)))
+        g_h = zero_dead(live, dh + zero_dead(live, grad_hs[t].to(acc)))
         dh_out[t] = g_h
         d_unprojected = g_h if w_proj is None else g_h @ w_proj
         tanh_c = torch.tanh(c)
@@ -195,10 +195,10 @@ def lstm_backward(
             ],
             dim=1,
         )
-        d_pre = _zero_dead(live, d_pre)
+        d_pre = zero_dead(live, d_pre)
         dxw[t] = d_pre
-        dh = _keep_live(live, d_pre @ w, dh)
-        dc = _keep_live(live, d_c * f, dc)
+        dh = keep_live(live, d_pre @ w, dh)
+        dc = keep_live(live, d_c * f, dc)
     if w_proj is None:
         dw_hr = grad_hs.new_zeros(0)
     else:
@@ -241,10 +241,10 @@ def gru_forward(
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         h_new = (1 - z) * n + z * h.to(xw.dtype).to(acc)
-        live = _live_rows(lengths, t)
-        hs.append(_zero_dead(live, h_new))
-        gates.append(_zero_dead(live, torch.cat([r, z, n, h_n], dim=1)))
-        h = _keep_live(live, h_new, h)
+        live = live_rows(lengths, t)
+        hs.append(zero_dead(live, h_new))
+        gates.append(zero_dead(live, torch.cat([r, z, n, h_n], dim=1)))
+        h = keep_live(live, h_new, h)
     return torch.stack(hs).to(xw.dtype), h.to(xw.dtype), torch.stack(gates).to(xw.dtype)
 
 
@@ -270,19 +270,19 @@ def gru_backward(
     dxw = [None] * steps
     d_hn_all = [None] * steps
     for t in reversed(range(steps)):
-        live = _live_rows(lengths, t)
+        live = live_rows(lengths, t)
         r, z, n, h_n = gates[t].to(acc).chunk(4, dim=1)
         h_prev = _previous_hidden(hs, h0, t).to(acc)
-        g = dh + _zero_dead(live, grad_hs[t].to(acc))
+        g = dh + zero_dead(live, grad_hs[t].to(acc))
         d_n_pre = g * (1 - z) * (1 - n * n)
         d_z_pre = g * (h_prev - n) * z * (1 - z)
         d_r_pre = d_n_pre * h_n * r * (1 - r)
-        d_hn = _zero_dead(live, d_n_pre * r)
-        d_x = _zero_dead(live, torch.cat([d_r_pre, d_z_pre, d_n_pre], dim=1))
+        d_hn = zero_dead(live, d_n_pre * r)
+        d_x = zero_dead(live, torch.cat([d_r_pre, d_z_pre, d_n_pre], dim=1))
         dxw[t] = d_x
         d_hn_all[t] = d_hn
         d_hidden_gates = torch.cat([d_x[:, : 2 * d_hn.shape[1]], d_hn], dim=1)
-        dh = _keep_live(live, g * z + d_hidden_gates @ w, dh)
+        dh = keep_live(live, g * z + d_hidden_gates @ w, dh)
     return (
         torch.stack(dxw).to(hs.dtype),
         torch.stack(d_hn_all).to(hs.dtype),

@@ -34,7 +34,7 @@ def _check_saved(hs: Tensor, named: dict[str, tuple[Optional[Tensor], Sequence[i
             raise RuntimeError(f"{name} must have dtype {dtype}, got {tensor.dtype}")
         if tensor.device != hs.device:
             raise RuntimeError(f"{name} must be on {hs.device} (the device of hs), got {tensor.device}")
-        ops._expect_shape(name, tensor, shape)
+        ops.expect_shape(name, tensor, shape)
 
 
 def _steps_and_batch(hs: Tensor) -> tuple[int, int]:

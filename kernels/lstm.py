@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fused_rnn import ops
-from fused_rnn.reference import _keep_live, _live_rows, _zero_dead
+from fused_rnn.reference import keep_live, live_rows, zero_dead
 
 from .barrier import grid_barrier
 from .checks import check_dtype, check_lstm_backward_args
@@ -223,9 +223,9 @@ def lstm_forward(
         for t in range(steps):
             launch_phase(lstm_forward_kernel, plan, t, args, meta)
             projected = unprojected @ w_projection  # [B, P]
-            live = _live_rows(lengths, t)
-            hs[t] = _zero_dead(live, projected)
-            h_buf[(t + 1) % 2] = _keep_live(live, projected.to(xw.dtype), h_buf[t % 2])
+            live = live_rows(lengths, t)
+            hs[t] = zero_dead(live, projected)
+            h_buf[(t + 1) % 2] = keep_live(live, projected.to(xw.dtype), h_buf[t % 2])
     return hs, h_buf[steps % 2].clone(), c_state.to(xw.dtype), cs, gates
 
 
@@ -265,11 +265,11 @@ def lstm_backward(
     d_outputs = hs.new_empty(steps, batch, hs.shape[2], dtype=torch.float32)  # reaching each step's h
     for phase in range(steps):
         t = steps - 1 - phase
-        live = _live_rows(lengths, t)
-        d_outputs[t] = _zero_dead(live, dh + _zero_dead(live, grad_hs[t].to(torch.float32)))
+        live = live_rows(lengths, t)
+        d_outputs[t] = zero_dead(live, dh + zero_dead(live, grad_hs[t].to(torch.float32)))
         torch.mm(d_outputs[t], w_projection, out=d_unprojected)
         launch_phase(lstm_backward_kernel, plan, phase, args, meta)
-        dh = _keep_live(live, dxw[t].to(torch.float32) @ w_recurrent, dh)
+        dh = keep_live(live, dxw[t].to(torch.float32) @ w_recurrent, dh)
     unprojected = gates[..., 3 * hidden :].to(torch.float32) * torch.tanh(cs)  # [T, B, H]
     dw_hr = torch.einsum("tbp,tbh->ph", d_outputs, unprojected).to(w_hr.dtype)
     return dxw, dh.to(h0.dtype), dc_state.to(c0.dtype), dw_hr
