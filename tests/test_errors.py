@@ -152,20 +152,25 @@ def call_op(cell: str, x: dict, backend: str = "reference"):
     return ops.gru_forward(x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"], backend)
 
 
+LENGTHS_RANGE = r"lengths must lie in \[1, 4\] \(T = 4 time steps\), got values in "
 OP_CASES = [
-    ("lengths-above-T", lambda x: {"lengths": torch.tensor([5, 1, 2])}, r"lengths must lie in \[1, 4\] \(T = 4 time steps\), got values in \[1, 5\]"),
-    ("lengths-zero", lambda x: {"lengths": torch.tensor([4, 0, 2])}, r"lengths must lie in \[1, 4\] .*got values in \[0, 4\]"),
-    ("lengths-negative", lambda x: {"lengths": torch.tensor([-3, 1, 2])}, r"lengths must lie in \[1, 4\] .*got values in \[-3, 2\]"),
-    ("lengths-int32", lambda x: {"lengths": torch.tensor([4, 1, 2], dtype=torch.int32)}, r"lengths must have dtype torch.int64, got torch.int32"),
+    ("lengths-above-T", lambda x: {"lengths": torch.tensor([5, 1, 2])}, LENGTHS_RANGE + r"\[1, 5\]"),
+    ("lengths-zero", lambda x: {"lengths": torch.tensor([4, 0, 2])}, LENGTHS_RANGE + r"\[0, 4\]"),
+    ("lengths-negative", lambda x: {"lengths": torch.tensor([-3, 1, 2])}, LENGTHS_RANGE + r"\[-3, 2\]"),
+    ("lengths-int32", lambda x: {"lengths": torch.tensor([4, 1, 2], dtype=torch.int32)},
+     r"lengths must have dtype torch.int64, got torch.int32"),
     ("lengths-batch", lambda x: {"lengths": torch.tensor([4, 1])}, r"lengths must have shape \[3\], got \[2\]"),
-    ("xw-gates", lambda x: {"xw": x["xw"][..., 1:]}, r"xw must have shape \[T, B, \d\*H\] = \[T, B, \d+\], got \[4, 3, \d+\]"),
+    ("xw-gates", lambda x: {"xw": x["xw"][..., 1:]},
+     r"xw must have shape \[T, B, \d\*H\] = \[T, B, \d+\], got \[4, 3, \d+\]"),
     ("xw-2d", lambda x: {"xw": x["xw"][0]}, r"xw must have shape \[T, B, \d\*H\]"),
     ("xw-no-steps", lambda x: {"xw": x["xw"][:0]}, r"xw must have at least one time step, got shape \[0, 3, \d+\]"),
     ("xw-integer", lambda x: {n: t.long() for n, t in x.items() if t is not None and t.is_floating_point()},
      r"xw must be a floating-point tensor, got torch.int64"),
     ("h0-batch", lambda x: {"h0": x["h0"][:2]}, r"h0 must have shape \[3, \d\], got \[2, \d\]"),
-    ("h0-dtype", lambda x: {"h0": x["h0"].float()}, r"h0 must have dtype torch.float64 \(the dtype of xw\), got torch.float32"),
-    ("w_hh-dtype", lambda x: {"w_hh": x["w_hh"].float()}, r"w_hh must have dtype torch.float64 \(the dtype of xw\), got torch.float32"),
+    ("h0-dtype", lambda x: {"h0": x["h0"].float()},
+     r"h0 must have dtype torch.float64 \(the dtype of xw\), got torch.float32"),
+    ("w_hh-dtype", lambda x: {"w_hh": x["w_hh"].float()},
+     r"w_hh must have dtype torch.float64 \(the dtype of xw\), got torch.float32"),
 ]
 LSTM_CASES = [
     ("c0-shape", lambda x: {"c0": x["c0"][:, :4]}, r"c0 must have shape \[3, 5\], got \[3, 4\]"),

@@ -56,10 +56,12 @@ def covering_design(axes: dict[str, list], valid, strength: int) -> list[dict]:
         fixed = dict(min(uncovered, key=lambda combo: [order[pair] for pair in combo]))
         for name in names:
             if name not in fixed:
-                options = [v for v in axes[name] if valid({**fixed, name: v})]
-                fixed[name] = max(
-                    options, key=lambda v: (sum(c in uncovered for c in combos({**fixed, name: v})), -axes[name].index(v))
-                )
+
+                def gain(value, name=name) -> tuple[int, int]:
+                    newly_covered = sum(c in uncovered for c in combos({**fixed, name: value}))
+                    return newly_covered, -axes[name].index(value)
+
+                fixed[name] = max((v for v in axes[name] if valid({**fixed, name: v})), key=gain)
         case = {n: fixed[n] for n in names}
         uncovered.difference_update(combos(case))
         cases.append(case)
@@ -367,7 +369,8 @@ def test_cells_match_torch_nn(name, bias, batched, with_hx, nonlinearity, dtype)
     shape = (7, 3) if batched else (3,)
     x = torch.randn(shape, generator=generator, dtype=torch.float64)
     state_shape = (*shape[:-1], CELL_HIDDEN_SIZE)
-    states = [torch.randn(state_shape, generator=generator, dtype=torch.float64) for _ in range(2 if name == "LSTMCell" else 1)]
+    state_count = 2 if name == "LSTMCell" else 1
+    states = [torch.randn(state_shape, generator=generator, dtype=torch.float64) for _ in range(state_count)]
     weights = [torch.randn(state_shape, generator=generator, dtype=torch.float64) for _ in range(2)]
 
     def run(model, dtype):
@@ -472,8 +475,9 @@ def test_autocast_runs_in_the_autocast_dtype_like_torch_nn(name):
     x = torch.randn(9, 5, 3) if not name.endswith("Cell") else torch.randn(5, 3)
 
     def run(model, dtype, autocast):
+        outputs_and_grads = cell_outputs_and_grads if name.endswith("Cell") else loss_and_grads
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return loss_and_grads(model, x.to(dtype)) if not name.endswith("Cell") else cell_outputs_and_grads(model, x.to(dtype))
+            return outputs_and_grads(model, x.to(dtype))
 
     want = run(exact, torch.float64, False)
     ours_values, theirs_values = run(ours, torch.float32, True), run(theirs, torch.float32, True)
