@@ -96,17 +96,22 @@ def run_bench(
             budget=QUICK_BUDGET if quick else FULL_BUDGET,
         )
         print(f"fused-rnn bench on {device_type}: {len(sweep.points)} points, {sweep.size()} measurements", flush=True)
-        outcomes = run_sweep(sweep)
-        print(format_table(outcomes, device_type), flush=True)
         env = environment(device)
-        rows = [
-            make_row(o.op, o.provider, o.mode, o.shape, o.dtype, o.timing, o.peak_mib, env)
-            for o in outcomes
-            if o.status == MEASURED
-        ]
         path = Path(csv_path) if csv_path else results_dir / f"{device_type}.csv"
-        write_rows(path, rows)
-        print(f"wrote {len(rows)} rows to {path}")
+        written: list[dict[str, str]] = []
+
+        def store(point_outcomes) -> None:
+            rows = [
+                make_row(o.op, o.provider, o.mode, o.shape, o.dtype, o.timing, o.peak_mib, env)
+                for o in point_outcomes
+                if o.status == MEASURED
+            ]
+            write_rows(path, rows)
+            written.extend(rows)
+
+        outcomes = run_sweep(sweep, on_point=store)
+        print(format_table(outcomes, device_type), flush=True)
+        print(f"wrote {len(written)} rows to {path}")
         plots = plot_results(read_rows(path), env["device"], device_type, Path(plot_dir) if plot_dir else path.parent / "plots")
         for plot in plots:
             print(f"wrote {plot}")

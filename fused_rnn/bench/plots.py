@@ -70,24 +70,39 @@ def _line_panel(axis, rows: list[Row], x_of, rest_of, xlabel: str) -> None:
 def _speedup_panel(axis, rows: list[Row], base_name: str) -> None:
     base = {r["shape"]: float(r["median_ms"]) for r in rows if r["provider"] == base_name}
     shapes = [s for s in dict.fromkeys(r["shape"] for r in rows) if s in base]
-    providers = list(dict.fromkeys(r["provider"] for r in rows if r["shape"] in base))
-    if not shapes:
-        axis.text(0.5, 0.5, f"no {base_name} baseline measured", ha="center", va="center", transform=axis.transAxes)
+    providers = [p for p in dict.fromkeys(r["provider"] for r in rows if r["shape"] in base) if p != base_name]
+    if not shapes or not providers:
+        axis.text(0.5, 0.5, f"nothing to compare with {base_name}", ha="center", va="center", transform=axis.transAxes)
         axis.set_axis_off()
         return
     width = 0.8 / len(providers)
+    speedups = []
     for index, provider in enumerate(providers):
         times = {r["shape"]: float(r["median_ms"]) for r in rows if r["provider"] == provider}
         xs = [i + index * width for i, s in enumerate(shapes) if s in times]
         ys = [base[s] / times[s] for s in shapes if s in times]
-        # bars grow from 1 (no change) up to a speed-up or down to a slow-down, on a log axis
+        speedups += ys
+        # bars grow from 1 (as fast as the baseline) up to a speed-up or down to a slow-down
         axis.bar(xs, [y - 1.0 for y in ys], bottom=1.0, width=width, label=provider)
     axis.axhline(1.0, color="black", linewidth=0.8)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))])
-    axis.set_xticklabels(shapes, rotation=30, ha="right", fontsize=7)
     axis.set_yscale("log")
-    axis.set_ylabel(f"speed-up over {base_name}")
+    axis.set_ylim(min(speedups + [1.0]) / 1.3, max(speedups + [1.0]) * 1.3)
+    axis.set_xticks([i + (len(providers) - 1) * width / 2 for i in range(len(shapes))])
+    axis.set_xticklabels(shapes, rotation=30, ha="right", fontsize=7)
+    axis.set_ylabel(f"speed-up over {base_name} (its time / time)")
     axis.legend(fontsize=7)
+
+
+def _worth_plotting(rows: list[Row], base_name: str) -> bool:
+    """Whether any panel would show something: a series over B or size, or a comparison."""
+    for mode in MODES:
+        in_mode = [r for r in rows if r["mode"] == mode]
+        if _series(in_mode, _batch, _without_batch) or _series(in_mode, _size, _without_size):
+            return True
+        compared = {r["shape"] for r in in_mode if r["provider"] == base_name}
+        if any(r["shape"] in compared and r["provider"] != base_name for r in in_mode):
+            return True
+    return False
 
 
 def plot_results(rows: list[Row], device: str, device_type: str, folder: Path) -> list[Path]:
@@ -102,6 +117,8 @@ def plot_results(rows: list[Row], device: str, device_type: str, folder: Path) -
     written = []
     for op, dtype in dict.fromkeys((r["op"], r["dtype"]) for r in rows):
         selected = [r for r in rows if r["op"] == op and r["dtype"] == dtype]
+        if not _worth_plotting(selected, baseline(op, device_type)):
+            continue
         modes = [m for m in MODES if any(r["mode"] == m for r in selected)]
         figure, axes = plt.subplots(len(modes), 3, figsize=(17, 4.5 * len(modes)), squeeze=False)
         size_label = "H (I = H)" if op in ("rnn", "lstm", "gru") else "Tq = Tk"

@@ -54,7 +54,8 @@ def device_name(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{model} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def _git(*args: str) -> Optional[str]:

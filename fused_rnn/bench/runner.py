@@ -74,12 +74,21 @@ def _step(built: Built, inputs: tuple, mode: str, grad_output) -> Callable[[], o
     return lambda: built.forward_backward(inputs, grad_output)
 
 
-def run_sweep(sweep: Sweep, progress: Optional[Progress] = None) -> list[Outcome]:
+def run_sweep(
+    sweep: Sweep,
+    progress: Optional[Progress] = None,
+    on_point: Optional[Callable[[list[Outcome]], None]] = None,
+) -> list[Outcome]:
+    """Every outcome of the sweep; `on_point` receives each point's outcomes as they come (so an
+    interrupted sweep keeps what it measured)."""
     progress = progress or Progress(sweep.size())
     outcomes: list[Outcome] = []
     for point in sweep.points:
         for dtype in sweep.dtypes:
-            outcomes.extend(run_point(sweep, point, dtype, progress))
+            point_outcomes = run_point(sweep, point, dtype, progress)
+            if on_point is not None:
+                on_point(point_outcomes)
+            outcomes.extend(point_outcomes)
     progress.close()
     return outcomes
 
