@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from fused_rnn import cli
+from fused_rnn import available_backends, cli
 from fused_rnn.bench.results import COLUMNS, read_rows
 
 
@@ -21,11 +21,14 @@ def test_bench_prints_table_and_writes_csv_and_plots(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 0
     assert "lstm B2-T4-I3-H5 float32 forward+backward  (baseline: torch-cpu)" in out and "time/base" in out
-    assert f"wrote 8 rows to {csv_path}" in out
+    # native is timed when the extension is built, else skipped with its reason (no row)
+    providers = ["torch-cpu", "reference"] + (["native"] if "native" in available_backends("cpu") else [])
+    expected_rows = 2 * 2 * len(providers)  # shapes x modes x providers
+    assert f"wrote {expected_rows} rows to {csv_path}" in out
     rows = read_rows(csv_path)
-    assert len(rows) == 8 and set(rows[0]) == set(COLUMNS)
+    assert len(rows) == expected_rows and set(rows[0]) == set(COLUMNS)
     assert {(r["provider"], r["mode"]) for r in rows} == {
-        (p, m) for p in ("torch-cpu", "reference") for m in ("forward", "forward+backward")
+        (p, m) for p in providers for m in ("forward", "forward+backward")
     }
     assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in rows)
     assert (tmp_path / "plots" / "cpu-lstm-float32.png").exists()
