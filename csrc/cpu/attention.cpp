@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -59,8 +60,9 @@ AttentionShape check_inputs(const char* query_name, const Tensor& query, const c
   check_cpu(query_name, query);
   TORCH_CHECK(query.dim() == 3, query_name, " must have shape [B, Tq, F], got ", query.sizes());
   const auto dtype = query.scalar_type();
-  TORCH_CHECK(at::isFloatingType(dtype) && dtype != at::kFloat8_e4m3fn, query_name,
-              " must be float16, bfloat16, float32 or float64, got ", dtype);
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat ||
+                  dtype == at::kDouble,
+              query_name, " must be float16, bfloat16, float32 or float64, got ", dtype);
   TORCH_CHECK(keys.dim() == 3 && keys.size(0) == query.size(0) && keys.size(2) == query.size(2),
               keys_name, " must have shape [B, Tk, F] = [", query.size(0), ", Tk, ", query.size(2),
               "] (B and F of ", query_name, "), got ", keys.sizes());
@@ -78,7 +80,7 @@ AttentionShape check_inputs(const char* query_name, const Tensor& query, const c
   if (key_lengths.has_value()) {
     const Tensor& lengths = *key_lengths;
     check_cpu("key_lengths", lengths);
-    check_dtype("key_lengths", lengths, at::kLong, "one length per batch row");
+    check_dtype("key_lengths", lengths, at::kLong, "int64 lengths");
     check_shape("key_lengths", lengths, {shape.batch}, "[B]");
     if (shape.batch > 0) {
       const int64_t low = lengths.min().item<int64_t>(), high = lengths.max().item<int64_t>();
@@ -87,6 +89,12 @@ AttentionShape check_inputs(const char* query_name, const Tensor& query, const c
     }
   }
   return shape;
+}
+
+void check_v(const Tensor& v, const Tensor& pq, const AttentionShape& shape) {
+  check_cpu("v", v);
+  check_dtype("v", v, pq.scalar_type(), "the dtype of pq");
+  check_shape("v", v, {shape.features}, "[A]");
 }
 
 void check_scale(double scale) {
@@ -198,9 +206,7 @@ std::tuple<Tensor, Tensor, Tensor> native_additive_attention_forward(
     const Tensor& pq, const Tensor& pk, const Tensor& v, const Tensor& values,
     const std::optional<Tensor>& key_lengths, bool need_weights) {
   const AttentionShape shape = check_inputs("pq", pq, "pk", pk, values, key_lengths);
-  check_cpu("v", v);
-  check_dtype("v", v, pq.scalar_type(), "the dtype of pq");
-  check_shape("v", v, {shape.features}, "[A]");
+  check_v(v, pq, shape);
   return attention_forward(AttentionScore::kAdditive, pq, pk, &v, values, key_lengths, shape, 1.0,
                            need_weights);
 }
@@ -211,9 +217,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> native_additive_attention_backward(
     const std::optional<Tensor>& key_lengths, const Tensor& context, const Tensor& lse,
     const std::optional<Tensor>& weights) {
   const AttentionShape shape = check_inputs("pq", pq, "pk", pk, values, key_lengths);
-  check_cpu("v", v);
-  check_dtype("v", v, pq.scalar_type(), "the dtype of pq");
-  check_shape("v", v, {shape.features}, "[A]");
+  check_v(v, pq, shape);
   check_backward_inputs(shape, pq.scalar_type(), grad_context, grad_weights, context, lse, weights);
   return attention_backward(AttentionScore::kAdditive, grad_context, grad_weights, pq, pk, &v,
                             values, key_lengths, context, lse, weights, shape, 1.0);
