@@ -21,7 +21,10 @@ const AttentionKernels& attention_kernels() {
   static const AttentionKernels& chosen = []() -> const AttentionKernels& {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     const std::string capability = at::get_cpu_capability();
-    if (capability == "AVX2" || capability == "AVX512") {
+    if (capability == "AVX512") {
+      return AVX512::attention;
+    }
+    if (capability == "AVX2") {
       return AVX2::attention;
     }
 #endif

@@ -74,13 +74,17 @@ struct AttentionKernels {
   void (*backward)(const AttentionBackward&);
 };
 
-/// The kernels for this CPU: AVX2 where ATen's CPU capability is AVX2 or AVX512, else portable.
+/// The kernels for this CPU: those of ATen's CPU capability (which honours ATEN_CPU_CAPABILITY),
+/// AVX512, AVX2 or portable.
 const AttentionKernels& attention_kernels();
 
 namespace DEFAULT {
 extern const AttentionKernels attention;
 }
 namespace AVX2 {
+extern const AttentionKernels attention;
+}
+namespace AVX512 {
 extern const AttentionKernels attention;
 }
 
