@@ -295,7 +295,8 @@ def _rnn_setup_context(ctx, inputs, output):
 def _rnn_grad(ctx, grad_hs, grad_h_n):
     xw, w_hh, h0, lengths, hs = ctx.saved_tensors
     dxw, dh0 = rnn_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
-    return dxw, recurrent_weight_grad(dxw, h0, hs), dh0, None, None, None
+    dw_hh = recurrent_weight_grad(dxw, h0, hs) if ctx.needs_input_grad[1] else None
+    return dxw, dw_hh, dh0, None, None, None
 
 
 rnn_forward.register_autograd(_rnn_grad, setup_context=_rnn_setup_context)
@@ -314,7 +315,7 @@ def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
     dxw, dh0, dc0, dw_hr = lstm_backward(
         grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
     )
-    dw_hh = recurrent_weight_grad(dxw, h0, hs)
+    dw_hh = recurrent_weight_grad(dxw, h0, hs) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
 
 
@@ -334,10 +335,11 @@ def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
     dxw, d_hn, dh0 = gru_backward(
         grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
     )
-    hidden = h0.shape[1]
-    d_hidden_gates = torch.cat([dxw[..., : 2 * hidden], d_hn], dim=2)
-    dw_hh = recurrent_weight_grad(d_hidden_gates, h0, hs)
-    db_hn = None if b_hn is None else d_hn.sum(dim=(0, 1))
+    dw_hh = None
+    if ctx.needs_input_grad[1]:
+        d_hidden_gates = torch.cat([dxw[..., : 2 * h0.shape[1]], d_hn], dim=2)
+        dw_hh = recurrent_weight_grad(d_hidden_gates, h0, hs)
+    db_hn = d_hn.sum(dim=(0, 1)) if ctx.needs_input_grad[2] else None
     return dxw, dw_hh, db_hn, dh0, None, None
 
 

@@ -1,0 +1,69 @@
+// fused_rnn._C as a Python module. Loading it registers the ops (ops.cpp and the per-device
+// TORCH_LIBRARY_IMPL blocks); pybind11 exposes facts about the build only.
+#include <pybind11/pybind11.h>
+#include <torch/version.h>
+
+#include <string>
+
+#include "cpu/cell_steps.h"
+#ifdef FUSED_RNN_WITH_CUDA
+#include "cuda/build_info.h"
+#endif
+
+namespace {
+
+std::string compiler() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+pybind11::list cuda_archs() {
+  pybind11::list archs;
+#ifdef FUSED_RNN_WITH_CUDA
+  // "800,900" -> ["8.0", "9.0"]
+  const std::string list = fused_rnn::cuda::compiled_arch_list();
+  size_t start = 0;
+  while (start < list.size()) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    const int arch = std::stoi(list.substr(start, end - start));
+    archs.append(std::to_string(arch / 100) + "." + std::to_string(arch % 100 / 10));
+    start = end + 1;
+  }
+#endif
+  return archs;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                          std::to_string(TORCH_VERSION_MINOR) + "." +
+                          std::to_string(TORCH_VERSION_PATCH);
+  info["compiler"] = compiler();
+  info["cpu_kernels"] = fused_rnn::cpu::cell_step_kernels().capability;
+#ifdef FUSED_RNN_WITH_CUDA
+  info["with_cuda"] = true;
+  const int runtime = fused_rnn::cuda::compiled_runtime_version();
+  info["cuda_version"] = std::to_string(runtime / 1000) + "." + std::to_string(runtime % 1000 / 10);
+#else
+  info["with_cuda"] = false;
+  info["cuda_version"] = pybind11::none();
+#endif
+  info["cuda_archs"] = cuda_archs();
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fused_rnn's native backend: C++/CUDA recurrence ops (torch.ops.fused_rnn.native_*)";
+  m.def("build_info", &build_info,
+        "How this extension was built: torch_version (built against), compiler, cpu_kernels "
+        "(the vector ISA of the CPU step kernels chosen for this machine), with_cuda, "
+        "cuda_version, cuda_archs (compute capabilities compiled for).");
+}

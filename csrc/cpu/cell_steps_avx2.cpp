@@ -1,0 +1,62 @@
+// The step kernels built for x86-64 CPUs with AVX2 and FMA (at::vec's 256-bit vectors, Sleef).
+//
+// This one file is compiled for AVX2 through a target pragma instead of a command-line flag, so
+// that the rest of the extension keeps the baseline target. Only code below the pragma gets AVX2
+// instructions: everything it includes that is not capability-specific is included first, and
+// the vector code lives in namespaces named after the capability (at::vec::AVX2,
+// fused_rnn::cpu::AVX2), so no inline function shared with other files is compiled for AVX2.
+// The pragma does not define the ISA macros that sleef.h and at::vec test, so they are defined
+// by hand inside the region.
+#include "cell_steps.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/NumericUtils.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/Math.h>
+#include <c10/util/BFloat16-math.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <c10/util/Load.h>
+#include <c10/util/TypeCast.h>
+#include <c10/util/irange.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY_NAME "avx2"
+#include "cell_steps_impl.h"
+#undef __AVX__
+#undef __AVX2__
+#undef __FMA__
+#undef __F16C__
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#endif

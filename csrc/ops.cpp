@@ -1,0 +1,42 @@
+// Every op schema of fused_rnn's native backend, in one place.
+//
+// The user-facing ops are the Python custom ops fused_rnn::{rnn,lstm,gru}_{forward,backward}
+// (fused_rnn/ops.py), which take a `backend` argument; the `native` backend calls the ops below.
+// Their arguments, outputs and saved tensors are those of fused_rnn/reference.py:
+//   xw [T, B, G*H] input projection with biases folded in, w_hh [G*H, P], h0 [B, P], c0 [B, H],
+//   w_hr [P, H] (LSTM projection), b_hn [H] (GRU), lengths [B] int64 in [1, T].
+// Implementations register per device: csrc/cpu/*.cpp (CPU), csrc/cuda/*_api.cpp (CUDA).
+// Fake (meta) functions are registered from Python, in the module named by set_python_module.
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(fused_rnn, m) {
+  m.set_python_module("fused_rnn.native");
+
+  // Vanilla RNN: h[t] = act(xw[t] + h[t-1] @ W_hh^T), act = relu if `relu` else tanh.
+  m.def(
+      "native_rnn_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor? lengths, bool relu)"
+      " -> (Tensor hs, Tensor h_n)");
+  m.def(
+      "native_rnn_backward(Tensor grad_hs, Tensor grad_h_n, Tensor w_hh, Tensor h0, Tensor? lengths,"
+      " Tensor hs, bool relu) -> (Tensor dxw, Tensor dh0)");
+
+  // LSTM (gate order i, f, g, o), optional projection w_hr.
+  m.def(
+      "native_lstm_forward(Tensor xw, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0,"
+      " Tensor? lengths) -> (Tensor hs, Tensor h_n, Tensor c_n, Tensor cs, Tensor gates)");
+  m.def(
+      "native_lstm_backward(Tensor grad_hs, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh,"
+      " Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, Tensor hs, Tensor cs, Tensor gates)"
+      " -> (Tensor dxw, Tensor dh0, Tensor dc0, Tensor dw_hr)");
+
+  // GRU (gate order r, z, n), b_hn inside r * (W_hn h + b_hn).
+  m.def(
+      "native_gru_forward(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0, Tensor? lengths)"
+      " -> (Tensor hs, Tensor h_n, Tensor gates)");
+  m.def(
+      "native_gru_backward(Tensor grad_hs, Tensor grad_h_n, Tensor w_hh, Tensor? b_hn, Tensor h0,"
+      " Tensor? lengths, Tensor hs, Tensor gates) -> (Tensor dxw, Tensor d_hn, Tensor dh0)");
+
+  // Attention-scoring ops: their schemas go here.
+}

@@ -1,0 +1,196 @@
+"""The `native` backend: the C++ (CPU) and CUDA recurrence kernels of the extension fused_rnn._C.
+
+The functions below have the signatures, outputs and saved tensors of `fused_rnn.reference` and call
+the C++ ops `torch.ops.fused_rnn.native_*` (schemas in csrc/ops.cpp). This module also registers
+the ops' fake functions, so that they trace under torch.compile and pass torch.library.opcheck.
+Autograd is not defined here: the custom ops of `fused_rnn.ops` own it for every backend.
+
+When fused_rnn._C is missing (not built, or built against another torch), importing this module
+still works; `unavailable_reason` says why and how to build it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+try:
+    from . import _C
+except ImportError as error:
+    _C = None
+    _IMPORT_ERROR = str(error)
+else:
+    _IMPORT_ERROR = None
+
+OP_NAMES = tuple(
+    f"native_{cell}_{direction}" for cell in ("rnn", "lstm", "gru") for direction in ("forward", "backward")
+)
+_HOW_TO_BUILD = (
+    "build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, and nvcc for CUDA; "
+    "the build prints why it failed)"
+)
+
+
+def build_info() -> Optional[dict]:
+    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, with_cuda, cuda_version,
+    cuda_archs), or None when it is not importable."""
+    return None if _C is None else _C.build_info()
+
+
+def _ops_without_kernel(dispatch_key: str) -> list[str]:
+    return [
+        name
+        for name in OP_NAMES
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_rnn::{name}", dispatch_key)
+    ]
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    """None when the native kernels can run on `device`, else a sentence saying why not."""
+    device = torch.device(device)
+    if _C is None:
+        return f"the extension fused_rnn._C could not be imported ({_IMPORT_ERROR}); {_HOW_TO_BUILD}"
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"the native backend runs on CPU and CUDA tensors, not {device.type}"
+    if not _C.build_info()["with_cuda"]:
+        return (
+            "fused_rnn._C was built without CUDA (torch without CUDA, or nvcc missing at build "
+            f"time); {_HOW_TO_BUILD} on a machine with both"
+        )
+    missing = _ops_without_kernel("CUDA")
+    if missing:
+        return f"the CUDA kernels of the native backend are not built yet (no CUDA kernel for {', '.join(missing)})"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    return None
+
+
+def _native_ops():
+    if _C is None:
+        raise RuntimeError(f"fused_rnn native backend: {unavailable_reason(torch.device('cpu'))}")
+    return torch.ops.fused_rnn
+
+
+# ----------------------------------------------------------------------------------------------
+# The six functions of a backend (see fused_rnn.reference for shapes and saved tensors).
+# ----------------------------------------------------------------------------------------------
+
+
+def rnn_forward(
+    xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], relu: bool
+) -> tuple[Tensor, Tensor]:
+    return tuple(_native_ops().native_rnn_forward(xw, w_hh, h0, lengths, relu))
+
+
+def rnn_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    hs: Tensor,
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    return tuple(_native_ops().native_rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu))
+
+
+def lstm_forward(
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_lstm_forward(xw, w_hh, w_hr, h0, c0, lengths))
+
+
+def lstm_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    grad_c_n: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    hs: Tensor,
+    cs: Tensor,
+    gates: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(
+        _native_ops().native_lstm_backward(
+            grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates
+        )
+    )
+
+
+def gru_forward(
+    xw: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_gru_forward(xw, w_hh, b_hn, h0, lengths))
+
+
+def gru_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    hs: Tensor,
+    gates: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(
+        _native_ops().native_gru_backward(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake functions of the C++ ops. The forward ops have the fake functions of the matching
+# fused_rnn::*_forward ops (called on the fake tensors); the backward ops' outputs have the shapes
+# of the tensors they are gradients of.
+# ----------------------------------------------------------------------------------------------
+
+
+def _register_fakes() -> None:
+    register = torch.library.register_fake
+
+    @register("fused_rnn::native_rnn_forward")
+    def _(xw, w_hh, h0, lengths, relu):
+        return ops.rnn_forward(xw, w_hh, h0, lengths, relu, "native")
+
+    @register("fused_rnn::native_rnn_backward")
+    def _(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu):
+        return torch.empty_like(hs), torch.empty_like(h0)
+
+    @register("fused_rnn::native_lstm_forward")
+    def _(xw, w_hh, w_hr, h0, c0, lengths):
+        return ops.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, "native")
+
+    @register("fused_rnn::native_lstm_backward")
+    def _(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates):
+        dw_hr = grad_hs.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
+        return torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0), dw_hr
+
+    @register("fused_rnn::native_gru_forward")
+    def _(xw, w_hh, b_hn, h0, lengths):
+        return ops.gru_forward(xw, w_hh, b_hn, h0, lengths, "native")
+
+    @register("fused_rnn::native_gru_backward")
+    def _(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates):
+        return gates.new_empty(*hs.shape[:2], 3 * hs.shape[2]), torch.empty_like(hs), torch.empty_like(h0)
+
+
+if _C is not None:
+    _register_fakes()

@@ -1,0 +1,131 @@
+"""The extension fused_rnn._C as built: it is there (unless FUSED_RNN_SKIP_NATIVE=1 skipped it), it
+says how it was built, the native backend explains when it cannot run, a missing extension leaves
+the rest of the package working, the C++ op library loads before or after the Python ops, and the
+portable CPU kernels (chosen on CPUs without AVX2) give the same results as the AVX2 ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from fused_rnn import native
+
+REASON = native.unavailable_reason(torch.device("cpu"))
+requires_native = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
+
+
+def _run_python(code: str, **env: str) -> None:
+    """Run `code` in a fresh interpreter (with extra environment variables); fail with its output."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_extension_is_built():
+    if os.environ.get("FUSED_RNN_SKIP_NATIVE") == "1":
+        pytest.skip("FUSED_RNN_SKIP_NATIVE=1: the extension was not built")
+    assert REASON is None, REASON
+
+
+@requires_native
+def test_build_info():
+    info = native.build_info()
+    assert info["torch_version"] == torch.__version__.split("+")[0]
+    assert info["cpu_kernels"] in ("default", "avx2")
+    assert info["compiler"]
+    assert isinstance(info["with_cuda"], bool)
+    assert bool(info["cuda_archs"]) == info["with_cuda"]
+    assert (info["cuda_version"] is not None) == info["with_cuda"]
+    for arch in info["cuda_archs"]:
+        major, minor = arch.split(".")
+        assert major.isdigit() and minor.isdigit()
+
+
+@requires_native
+def test_unavailable_reasons():
+    assert "runs on CPU and CUDA tensors, not meta" in native.unavailable_reason(torch.device("meta"))
+    reason = native.unavailable_reason(torch.device("cuda"))
+    info = native.build_info()
+    missing = [
+        name
+        for name in native.OP_NAMES
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_rnn::{name}", "CUDA")
+    ]
+    if not info["with_cuda"]:
+        assert "built without CUDA" in reason
+    elif missing:
+        assert "CUDA kernels of the native backend are not built yet" in reason and missing[0] in reason
+    else:
+        assert (reason is None) == torch.cuda.is_available()
+
+
+def test_package_works_without_the_extension():
+    _run_python(
+        """
+        import sys
+        import torch
+        sys.modules["fused_rnn._C"] = None  # the import of the extension fails
+        import fused_rnn
+        from fused_rnn import native
+        reason = native.unavailable_reason(torch.device("cpu"))
+        assert "fused_rnn._C could not be imported" in reason and "pip install" in reason, reason
+        assert native.build_info() is None
+        assert fused_rnn.available_backends("cpu") == ["reference"]
+        output, _ = fused_rnn.LSTM(3, 4)(torch.randn(2, 1, 3))
+        assert output.shape == (2, 1, 4)
+        try:
+            fused_rnn.LSTM(3, 4, backend="native")(torch.randn(2, 1, 3))
+        except RuntimeError as error:
+            assert "fused_rnn._C could not be imported" in str(error), error
+        else:
+            raise AssertionError("backend='native' ran without the extension")
+        """
+    )
+
+
+@requires_native
+def test_cpp_library_loads_before_the_python_ops():
+    """TORCH_LIBRARY(fused_rnn) registered first, then fused_rnn.ops' FRAGMENT of the namespace."""
+    _run_python(
+        """
+        import glob, importlib.util, os
+        import torch
+        package = os.path.dirname(importlib.util.find_spec("fused_rnn").origin)
+        torch.ops.load_library(glob.glob(os.path.join(package, "_C*.so"))[0])
+        assert hasattr(torch.ops.fused_rnn, "native_lstm_forward")
+        from fused_rnn import native, ops, reference
+        assert native.unavailable_reason(torch.device("cpu")) is None
+        args = (torch.randn(4, 2, 12), torch.randn(12, 3), None, torch.randn(2, 3), torch.randn(2, 3), None)
+        for ours, expected in zip(ops.lstm_forward(*args, "native"), reference.lstm_forward(*args)):
+            torch.testing.assert_close(ours, expected)
+        """
+    )
+
+
+@requires_native
+def test_portable_cpu_kernels():
+    """ATEN_CPU_CAPABILITY=default selects the portable build of the step kernels."""
+    _run_python(
+        """
+        import torch
+        from fused_rnn import native, parity
+        assert native.build_info()["cpu_kernels"] == "default", native.build_info()
+        for cell in parity.CELLS:
+            for dtype in (torch.float64, torch.float32, torch.bfloat16):
+                case = parity.Case(cell, 5, 3, 37, proj=11, lengths=True)
+                errors = parity.case_errors(case, "native", dtype)
+                limit = parity.tolerance(case, dtype)
+                assert max(errors.values()) <= limit, (case, dtype, errors, limit)
+        """,
+        ATEN_CPU_CAPABILITY="default",
+    )

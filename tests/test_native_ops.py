@@ -1,0 +1,95 @@
+"""The native backend's ops: torch.library.opcheck of every C++ op (fused_rnn::native_*, their
+schemas, fake functions and dynamic-shape tracing) and of the user-facing custom ops with
+backend="native" (autograd included), and torch.compile(fullgraph=True) of a module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import native, ops
+
+REASON = native.unavailable_reason(torch.device("cpu"))
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
+
+T, B, H, P = 3, 2, 5, 3
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
+
+
+def _randn(*shape, requires_grad=False):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=requires_grad)
+
+
+def _cases(cell: str, lengths, requires_grad: bool):
+    """(Python forward op, its args, Python backward op, its args, C++ forward op, its args,
+    C++ backward op, its args) at a tiny size."""
+    g = requires_grad
+    if cell.startswith("rnn"):
+        relu = cell == "rnn_relu"
+        xw, w_hh, h0 = _randn(T, B, H, requires_grad=g), _randn(H, H, requires_grad=g), _randn(B, H, requires_grad=g)
+        hs, _ = ops.rnn_forward(xw, w_hh, h0, lengths, relu, "native")
+        grads = (_randn(T, B, H), _randn(B, H))
+        forward = (xw, w_hh, h0, lengths, relu)
+        backward = (*grads, w_hh, h0, lengths, hs.detach(), relu)
+        python_backward = (*grads, xw, w_hh, h0, lengths, hs.detach(), relu, "native")
+        return ops.rnn_forward, (*forward, "native"), ops.rnn_backward, python_backward, "rnn", forward, backward
+    if cell.startswith("lstm"):
+        state = P if cell == "lstm_proj" else H
+        w_hr = _randn(P, H, requires_grad=g) if cell == "lstm_proj" else None
+        xw, w_hh = _randn(T, B, 4 * H, requires_grad=g), _randn(4 * H, state, requires_grad=g)
+        h0, c0 = _randn(B, state, requires_grad=g), _randn(B, H, requires_grad=g)
+        forward = (xw, w_hh, w_hr, h0, c0, lengths)
+        hs, _, _, cs, gates = ops.lstm_forward(*forward, "native")
+        grads = (_randn(T, B, state), _randn(B, state), _randn(B, H))
+        backward = (*grads, w_hh, w_hr, h0, c0, lengths, hs.detach(), cs, gates)
+        python_backward = (*grads, xw, w_hh, w_hr, h0, c0, lengths, hs.detach(), cs, gates, "native")
+        return ops.lstm_forward, (*forward, "native"), ops.lstm_backward, python_backward, "lstm", forward, backward
+    xw, w_hh = _randn(T, B, 3 * H, requires_grad=g), _randn(3 * H, H, requires_grad=g)
+    b_hn, h0 = _randn(H, requires_grad=g), _randn(B, H, requires_grad=g)
+    forward = (xw, w_hh, b_hn, h0, lengths)
+    hs, _, gates = ops.gru_forward(*forward, "native")
+    grads = (_randn(T, B, H), _randn(B, H))
+    backward = (*grads, w_hh, b_hn, h0, lengths, hs.detach(), gates)
+    python_backward = (*grads, xw, w_hh, b_hn, h0, lengths, hs.detach(), gates, "native")
+    return ops.gru_forward, (*forward, "native"), ops.gru_backward, python_backward, "gru", forward, backward
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_cpp_ops(cell, with_lengths):
+    lengths = torch.tensor([3, 1]) if with_lengths else None
+    *_, name, forward, backward = _cases(cell, lengths, requires_grad=False)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_forward").default, forward)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_backward").default, backward)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_python_forward_ops_with_native_backend(cell):
+    """Includes autograd: the op's backward runs the native backward op."""
+    forward_op, forward, *_ = _cases(cell, torch.tensor([3, 1]), requires_grad=True)
+    torch.library.opcheck(forward_op, forward)
+
+
+def test_opcheck_python_backward_op_with_native_backend():
+    """One cell: the double backward that opcheck also checks runs through the reference,
+    whichever the backend (fused_rnn.ops), and is slow."""
+    *_, backward_op, backward, _, _, _ = _cases("rnn_relu", torch.tensor([3, 1]), requires_grad=True)
+    torch.library.opcheck(backward_op, backward)
+
+
+def test_lstm_module_compiles_with_fullgraph():
+    """Dynamo and Inductor trace the native op through its fake function; same results as eager."""
+    torch.manual_seed(0)
+    module = fused_rnn.LSTM(4, H, num_layers=2, proj_size=P, backend="native")
+    x = torch.randn(T, B, 4, requires_grad=True)
+    compiled = torch.compile(module, fullgraph=True)
+    out, (h_n, c_n) = compiled(x)
+    expected, (h_expected, c_expected) = module(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(h_n, h_expected)
+    torch.testing.assert_close(c_n, c_expected)
+    grads = torch.autograd.grad(out.sum() + c_n.sum(), [x, *module.parameters()])
+    expected_grads = torch.autograd.grad(expected.sum() + c_expected.sum(), [x, *module.parameters()])
+    for grad, want in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, want)
