@@ -5,6 +5,8 @@
 // input dtype); attention.cpp converts at the boundary. `dtype` (the input dtype) only decides the
 // rounding the reference applies: weights rounded before they multiply the values' gradient and
 // score gradients rounded before their GEMMs (see fused_rnn/reference.py, section "attention").
+// The forward's context alone uses unrounded weights: the online softmax never holds the final
+// weights of a row before it has seen all its keys.
 //
 // Memory: neither direction stores [B, Tq, Tk, A] nor [B, Tq, Tk]. The forward walks the keys of
 // one query row in chunks with an online softmax; the backward recomputes each score from the
