@@ -38,5 +38,22 @@ TORCH_LIBRARY(fused_rnn, m) {
       "native_gru_backward(Tensor grad_hs, Tensor grad_h_n, Tensor w_hh, Tensor? b_hn, Tensor h0,"
       " Tensor? lengths, Tensor hs, Tensor gates) -> (Tensor dxw, Tensor d_hn, Tensor dh0)");
 
-  // Attention-scoring ops: their schemas go here.
+  // Attention scoring (fused_rnn/reference.py, section "attention"): scores -> mask by key_lengths
+  // [B] (int64 in [1, Tk]) -> softmax -> weighted sum of values. additive: score = v . tanh(pq_i +
+  // pk_j), pq [B, Tq, A], pk [B, Tk, A], v [A]; dot: score = scale * query_i . keys_j. lse [B, Tq] is
+  // in the accumulation dtype; weights [B, Tq, Tk] when need_weights, else an empty [0] tensor.
+  m.def(
+      "native_additive_attention_forward(Tensor pq, Tensor pk, Tensor v, Tensor values,"
+      " Tensor? key_lengths, bool need_weights) -> (Tensor context, Tensor lse, Tensor weights)");
+  m.def(
+      "native_additive_attention_backward(Tensor grad_context, Tensor? grad_weights, Tensor pq,"
+      " Tensor pk, Tensor v, Tensor values, Tensor? key_lengths, Tensor context, Tensor lse,"
+      " Tensor? weights) -> (Tensor d_pq, Tensor d_pk, Tensor d_v, Tensor d_values)");
+  m.def(
+      "native_dot_attention_forward(Tensor query, Tensor keys, Tensor values, Tensor? key_lengths,"
+      " float scale, bool need_weights) -> (Tensor context, Tensor lse, Tensor weights)");
+  m.def(
+      "native_dot_attention_backward(Tensor grad_context, Tensor? grad_weights, Tensor query,"
+      " Tensor keys, Tensor values, Tensor? key_lengths, Tensor context, Tensor lse, Tensor? weights,"
+      " float scale) -> (Tensor d_query, Tensor d_keys, Tensor d_values)");
 }

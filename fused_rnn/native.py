@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import ops
+from . import attention_ops, ops
 
 try:
     from . import _C
@@ -194,3 +194,93 @@ def _register_fakes() -> None:
 
 if _C is not None:
     _register_fakes()
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention scoring (shapes and conventions: fused_rnn.reference, section "attention"), called by
+# the fused_rnn::*_attention_* ops of fused_rnn.attention_ops. The C++ ops have CPU kernels only;
+# their fake functions are those of the attention_ops ops.
+# ----------------------------------------------------------------------------------------------
+
+
+def additive_attention_forward(
+    pq: Tensor, pk: Tensor, v: Tensor, values: Tensor, key_lengths: Optional[Tensor], need_weights: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_additive_attention_forward(pq, pk, v, values, key_lengths, need_weights))
+
+
+def additive_attention_backward(
+    grad_context: Tensor,
+    grad_weights: Optional[Tensor],
+    pq: Tensor,
+    pk: Tensor,
+    v: Tensor,
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    context: Tensor,
+    lse: Tensor,
+    weights: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(
+        _native_ops().native_additive_attention_backward(
+            grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights
+        )
+    )
+
+
+def dot_attention_forward(
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    scale: float,
+    need_weights: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_dot_attention_forward(query, keys, values, key_lengths, scale, need_weights))
+
+
+def dot_attention_backward(
+    grad_context: Tensor,
+    grad_weights: Optional[Tensor],
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    key_lengths: Optional[Tensor],
+    context: Tensor,
+    lse: Tensor,
+    weights: Optional[Tensor],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(
+        _native_ops().native_dot_attention_backward(
+            grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights, scale
+        )
+    )
+
+
+def _register_attention_fakes() -> None:
+    register = torch.library.register_fake
+
+    @register("fused_rnn::native_additive_attention_forward")
+    def _(pq, pk, v, values, key_lengths, need_weights):
+        return attention_ops.additive_attention_forward(pq, pk, v, values, key_lengths, need_weights, "native")
+
+    @register("fused_rnn::native_additive_attention_backward")
+    def _(grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights):
+        return attention_ops.additive_attention_backward(
+            grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights, "native"
+        )
+
+    @register("fused_rnn::native_dot_attention_forward")
+    def _(query, keys, values, key_lengths, scale, need_weights):
+        return attention_ops.dot_attention_forward(query, keys, values, key_lengths, scale, need_weights, "native")
+
+    @register("fused_rnn::native_dot_attention_backward")
+    def _(grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights, scale):
+        return attention_ops.dot_attention_backward(
+            grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights, scale, "native"
+        )
+
+
+if _C is not None:
+    _register_attention_fakes()

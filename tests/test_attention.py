@@ -30,6 +30,8 @@ PARITY = [
     ("reference", torch.float32),
     ("triton", torch.float64),
     ("triton", torch.float32),
+    ("native", torch.float64),
+    ("native", torch.float32),
 ]
 
 
