@@ -132,9 +132,16 @@ def test_backend_attribute():
     module.backend = "auto"
     with pytest.raises(ValueError, match="backend must be one of"):
         module.backend = "cudnn"
+    query, keys = torch.randn(2, 3), torch.randn(2, 4, 3)
     module.backend = "native"
-    with pytest.raises(RuntimeError, match="native"):
-        module(torch.randn(2, 3), torch.randn(2, 4, 3))
+    if "native" not in attention_ops.attention_backends("cpu"):
+        with pytest.raises(RuntimeError, match="native"):
+            module(query, keys)
+        return
+    native_context, _ = module(query, keys)
+    module.backend = "reference"
+    reference_context, _ = module(query, keys)
+    torch.testing.assert_close(native_context, reference_context, rtol=1e-5, atol=1e-6)
 
 
 BAD_ARGUMENTS = [
