@@ -80,7 +80,8 @@ def test_package_works_without_the_extension():
         reason = native.unavailable_reason(torch.device("cpu"))
         assert "fused_rnn._C could not be imported" in reason and "pip install" in reason, reason
         assert native.build_info() is None
-        assert fused_rnn.available_backends("cpu") == ["reference"]
+        assert "native" not in fused_rnn.available_backends("cpu")
+        assert "reference" in fused_rnn.available_backends("cpu")
         output, _ = fused_rnn.LSTM(3, 4)(torch.randn(2, 1, 3))
         assert output.shape == (2, 1, 4)
         try:
