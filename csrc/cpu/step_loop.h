@@ -2,8 +2,8 @@
 // addresses of time steps, checked lengths.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-
 #include <ATen/ops/empty.h>
 
 #include <cstdint>
@@ -23,9 +23,11 @@ inline void* at_step(const at::Tensor& tensor, int64_t t) {
   return static_cast<char*>(tensor.data_ptr()) + t * tensor.stride(0) * tensor.element_size();
 }
 
-/// at::empty for a per-sequence buffer ([T, B, ...], often tens of MB). On Linux, the pages of a
-/// large one are marked for transparent huge pages before first touch: faulting in 4 KiB pages
-/// otherwise costs more than the whole pointwise pass at large sizes.
+/// at::empty for a per-sequence buffer ([T, B, ...], often tens of MB). On Linux the pages of a
+/// large one are requested as transparent huge pages and faulted in by all threads at once:
+/// faulting them in one by one inside the step loop (4 KiB pages, or 2 MiB pages zeroed by
+/// whichever thread touches them first while the others wait) otherwise costs more than the
+/// pointwise math of a forward pass at large sizes.
 inline at::Tensor empty_sequence(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor tensor = at::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -33,8 +35,15 @@ inline at::Tensor empty_sequence(at::IntArrayRef sizes, const at::TensorOptions&
   const auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
   const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t last = (begin + tensor.nbytes()) & ~(kHugePage - 1);
-  if (last > first) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: errors ignored
+  if (last > first && madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE) == 0) {
+    // One write per huge page, keeping its bytes (at::empty may have filled it with NaN).
+    const auto pages = static_cast<int64_t>((last - first) / kHugePage);
+    at::parallel_for(0, pages, 1, [&](int64_t page_begin, int64_t page_end) {
+      for (int64_t page = page_begin; page < page_end; ++page) {
+        volatile char* byte = reinterpret_cast<char*>(first + uintptr_t(page) * kHugePage);
+        *byte = *byte;
+      }
+    });
   }
 #endif
   return tensor;
