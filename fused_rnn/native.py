@@ -65,7 +65,10 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
         )
     missing = _ops_without_kernel("CUDA")
     if missing:
-        return f"the CUDA kernels of the native backend are not built yet (no CUDA kernel for {', '.join(missing)})"
+        return (
+            "the CUDA kernels of the native backend are not built yet "
+            f"(no CUDA kernel for {', '.join(missing)})"
+        )
     if not torch.cuda.is_available():
         return "CUDA is not available"
     return None
