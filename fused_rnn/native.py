@@ -31,7 +31,7 @@ OP_NAMES = tuple(
 )
 _HOW_TO_BUILD = (
     "build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, and nvcc for CUDA; "
-    "the build prints why it failed)"
+    "add -v to see why a build failed)"
 )
 
 
