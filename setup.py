@@ -60,7 +60,6 @@ def native_extensions():
     except ImportError as error:
         print(f"fused_rnn: not building fused_rnn._C: torch is not importable ({error})", file=sys.stderr)
         return [], {}
-    from setuptools.command.develop import develop
 
     class OptionalBuildExtension(cpp_extension.BuildExtension):
         """BuildExtension whose failure warns instead of failing the installation."""
@@ -74,16 +73,6 @@ def native_extensions():
                     "so the 'native' backend is unavailable",
                     file=sys.stderr,
                 )
-
-    class DevelopWithExtension(develop):
-        """`setup.py develop`, which pip runs for `pip install -e .` in an environment that has
-        setuptools, first builds fused_rnn._C in place with this environment's torch: recent
-        setuptools hand develop over to an isolated pip build, where torch is not importable."""
-
-        def run(self):
-            self.reinitialize_command("build_ext", inplace=1)
-            self.run_command("build_ext")
-            super().run()
 
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]  # at::parallel_for runs on OpenMP
     # -g0 overrides the -g of Python's CFLAGS: debug information slows the build by a third.
@@ -105,7 +94,7 @@ def native_extensions():
         extension = cpp_extension.CppExtension(
             "fused_rnn._C", sources, extra_compile_args=cxx_flags, extra_link_args=openmp
         )
-    return [extension], {"build_ext": OptionalBuildExtension, "develop": DevelopWithExtension}
+    return [extension], {"build_ext": OptionalBuildExtension}
 
 
 extensions, command_classes = native_extensions()
