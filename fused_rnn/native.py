@@ -31,7 +31,7 @@ OP_NAMES = tuple(
 )
 _HOW_TO_BUILD = (
     "build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, and nvcc for CUDA; "
-    "the build prints why it failed)"
+    "add -v to see why a build failed)"
 )
 
 
@@ -65,7 +65,10 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
         )
     missing = _ops_without_kernel("CUDA")
     if missing:
-        return f"the CUDA kernels of the native backend are not built yet (no CUDA kernel for {', '.join(missing)})"
+        return (
+            "the CUDA kernels of the native backend are not built yet "
+            f"(no CUDA kernel for {', '.join(missing)})"
+        )
     if not torch.cuda.is_available():
         return "CUDA is not available"
     return None
