@@ -33,30 +33,8 @@
 #include <tuple>
 #include <type_traits>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
-
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define __F16C__ 1
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#define CPU_CAPABILITY_NAME "avx2"
+#include "avx2_target_begin.h"
 #include "cell_steps_impl.h"
-#undef __AVX__
-#undef __AVX2__
-#undef __FMA__
-#undef __F16C__
-
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "avx2_target_end.h"
 
 #endif

@@ -1,0 +1,11 @@
+// Closes the region opened by avx2_target_begin.h.
+#undef __AVX__
+#undef __AVX2__
+#undef __FMA__
+#undef __F16C__
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
