@@ -25,6 +25,9 @@
 #include "attention.h"
 
 namespace fused_rnn::cpu::CPU_CAPABILITY {
+
+#include "vec_tanh.h"
+
 namespace attention_detail {
 
 // Keys scored together before one online-softmax update.
@@ -67,16 +70,6 @@ void scale_in_place(T* y, T alpha, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= alpha;
 }
 
-/// tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): one exp and one division, several times
-/// cheaper than Sleef's tanh, with an absolute error of a few units in the last place of 1.
-template <typename T>
-Vec<T> tanh(const Vec<T>& x) {
-  const Vec<T> one(1);
-  const Vec<T> e = (x.abs() * Vec<T>(-2)).exp();
-  const Vec<T> magnitude = (one - e) / (one + e);
-  return Vec<T>::blendv(magnitude, magnitude.neg(), x < Vec<T>(0));
-}
-
 /// x rounded to scalar_t precision and back (what the reference's eager casts do).
 template <typename scalar_t, typename acc_t>
 acc_t round_to(acc_t x) {
@@ -97,7 +90,7 @@ struct AdditiveScore {
     Vec<T> sum(0);
     for (int64_t a = 0; a < features; a += Vec<T>::size()) {
       const int64_t m = std::min<int64_t>(Vec<T>::size(), features - a);
-      const Vec<T> h = tanh(Vec<T>::loadu(q + a, m) + Vec<T>::loadu(k + a, m));
+      const Vec<T> h = tanh_from_exp(Vec<T>::loadu(q + a, m) + Vec<T>::loadu(k + a, m));
       h.store(hidden + a, m);
       sum = at::vec::fmadd(h, Vec<T>::loadu(v + a, m), sum);  // v's loadu zero-fills the tail
     }
