@@ -1,7 +1,8 @@
 // Every op schema of fused_rnn's native backend, in one place.
 //
-// The user-facing ops are the Python custom ops fused_rnn::{rnn,lstm,gru}_{forward,backward}
-// (fused_rnn/ops.py), which take a `backend` argument; the `native` backend calls the ops below.
+// The user-facing ops are the Python custom ops fused_rnn::{rnn,lstm,gru}_{forward,backward} and
+// fused_rnn::{lstm,gru}_inference (fused_rnn/ops.py), which take a `backend` argument; the `native`
+// backend calls the ops below.
 // Their arguments, outputs and saved tensors are those of fused_rnn/reference.py:
 //   xw [T, B, G*H] input projection with biases folded in, w_hh [G*H, P], h0 [B, P], c0 [B, H],
 //   w_hr [P, H] (LSTM projection), b_hn [H] (GRU), lengths [B] int64 in [1, T].
@@ -29,6 +30,10 @@ TORCH_LIBRARY(fused_rnn, m) {
       "native_lstm_backward(Tensor grad_hs, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh,"
       " Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, Tensor hs, Tensor cs, Tensor gates)"
       " -> (Tensor dxw, Tensor dh0, Tensor dc0, Tensor dw_hr)");
+  // The forward pass without the tensors saved for backward (cs, gates).
+  m.def(
+      "native_lstm_inference(Tensor xw, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0,"
+      " Tensor? lengths) -> (Tensor hs, Tensor h_n, Tensor c_n)");
 
   // GRU (gate order r, z, n), b_hn inside r * (W_hn h + b_hn).
   m.def(
@@ -37,6 +42,10 @@ TORCH_LIBRARY(fused_rnn, m) {
   m.def(
       "native_gru_backward(Tensor grad_hs, Tensor grad_h_n, Tensor w_hh, Tensor? b_hn, Tensor h0,"
       " Tensor? lengths, Tensor hs, Tensor gates) -> (Tensor dxw, Tensor d_hn, Tensor dh0)");
+  // The forward pass without the tensors saved for backward (gates).
+  m.def(
+      "native_gru_inference(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0, Tensor? lengths)"
+      " -> (Tensor hs, Tensor h_n)");
 
   // Attention scoring (fused_rnn/reference.py, section "attention"): scores -> mask by key_lengths
   // [B] (int64 in [1, Tk]) -> softmax -> weighted sum of values. additive: score = v . tanh(pq_i +

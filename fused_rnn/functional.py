@@ -74,10 +74,16 @@ def recurrence(
     w_hh, w_hr = w.w_hh, w.w_hr
     if torch.is_autocast_enabled(xw.device.type):
         w_hh, w_hr, b_hn, h0, c0 = (None if t is None else t.to(xw.dtype) for t in (w_hh, w_hr, b_hn, h0, c0))
+    differentiable = ops.needs_grad(xw, w_hh, w_hr, b_hn, h0, c0)
     if mode == "LSTM":
+        if not differentiable:
+            return ops.lstm_inference(xw, w_hh, w_hr, h0, c0, lengths, backend)
         hs, h_n, c_n, _, _ = ops.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, backend)
         return hs, h_n, c_n
     if mode == "GRU":
+        if not differentiable:
+            hs, h_n = ops.gru_inference(xw, w_hh, b_hn, h0, lengths, backend)
+            return hs, h_n, None
         hs, h_n, _ = ops.gru_forward(xw, w_hh, b_hn, h0, lengths, backend)
         return hs, h_n, None
     hs, h_n = ops.rnn_forward(xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)

@@ -26,8 +26,10 @@ except ImportError as error:
 else:
     _IMPORT_ERROR = None
 
-OP_NAMES = tuple(
-    f"native_{cell}_{direction}" for cell in ("rnn", "lstm", "gru") for direction in ("forward", "backward")
+OP_NAMES = (
+    *(f"native_{cell}_{direction}" for cell in ("rnn", "lstm", "gru") for direction in ("forward", "backward")),
+    "native_lstm_inference",
+    "native_gru_inference",
 )
 _HOW_TO_BUILD = (
     "build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, and nvcc for CUDA; "
@@ -36,8 +38,8 @@ _HOW_TO_BUILD = (
 
 
 def build_info() -> Optional[dict]:
-    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, with_cuda, cuda_version,
-    cuda_archs), or None when it is not importable."""
+    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, cpu_gemm, with_cuda,
+    cuda_version, cuda_archs), or None when it is not importable."""
     return None if _C is None else _C.build_info()
 
 
@@ -81,7 +83,8 @@ def _native_ops():
 
 
 # ----------------------------------------------------------------------------------------------
-# The six functions of a backend (see fused_rnn.reference for shapes and saved tensors).
+# The six functions of a backend (see fused_rnn.reference for shapes and saved tensors) and the
+# inference variants of the LSTM and GRU forward functions (see fused_rnn.ops).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -114,6 +117,17 @@ def lstm_forward(
     return tuple(_native_ops().native_lstm_forward(xw, w_hh, w_hr, h0, c0, lengths))
 
 
+def lstm_inference(
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_lstm_inference(xw, w_hh, w_hr, h0, c0, lengths))
+
+
 def lstm_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -142,6 +156,12 @@ def gru_forward(
     lengths: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(_native_ops().native_gru_forward(xw, w_hh, b_hn, h0, lengths))
+
+
+def gru_inference(
+    xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    return tuple(_native_ops().native_gru_inference(xw, w_hh, b_hn, h0, lengths))
 
 
 def gru_backward(
@@ -181,6 +201,10 @@ def _register_fakes() -> None:
     def _(xw, w_hh, w_hr, h0, c0, lengths):
         return ops.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, "native")
 
+    @register("fused_rnn::native_lstm_inference")
+    def _(xw, w_hh, w_hr, h0, c0, lengths):
+        return ops.lstm_inference(xw, w_hh, w_hr, h0, c0, lengths, "native")
+
     @register("fused_rnn::native_lstm_backward")
     def _(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates):
         dw_hr = grad_hs.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
@@ -189,6 +213,10 @@ def _register_fakes() -> None:
     @register("fused_rnn::native_gru_forward")
     def _(xw, w_hh, b_hn, h0, lengths):
         return ops.gru_forward(xw, w_hh, b_hn, h0, lengths, "native")
+
+    @register("fused_rnn::native_gru_inference")
+    def _(xw, w_hh, b_hn, h0, lengths):
+        return ops.gru_inference(xw, w_hh, b_hn, h0, lengths, "native")
 
     @register("fused_rnn::native_gru_backward")
     def _(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates):

@@ -7,6 +7,13 @@ names the implementation (see `fused_rnn.backends`), which receives contiguous, 
     fused_rnn::lstm_forward  (xw, w_hh, w_hr, h0, c0, lengths, backend)   -> hs, h_n, c_n, cs, gates
     fused_rnn::gru_forward   (xw, w_hh, b_hn, h0, lengths, backend)       -> hs, h_n, gates
     fused_rnn::*_backward    the gate and initial-state gradients (see `fused_rnn.reference`)
+    fused_rnn::lstm_inference, fused_rnn::gru_inference
+                             the forward ops without the tensors saved for backward (cs, gates):
+                             -> hs, h_n, c_n and hs, h_n; not differentiable
+
+The inference ops are what a forward pass runs when no gradient is needed (fused_rnn.functional).
+A backend may implement them (`lstm_inference`, `gru_inference`) to skip writing the saved tensors;
+otherwise they run its forward functions.
 
 Autograd: the forward ops' backward calls the backward op of the same backend for the gate
 gradients, then forms the weight gradients as GEMMs over all steps (deterministic, no atomics).
@@ -267,6 +274,63 @@ def gru_backward(
 @gru_backward.register_fake
 def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
     return torch.empty_like(xw), torch.empty_like(hs), torch.empty_like(h0)
+
+
+@torch.library.custom_op("fused_rnn::lstm_inference", mutates_args=())
+def lstm_inference(
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_forward without cs and gates: -> hs [T, B, P], h_n [B, P], c_n [B, H]."""
+    check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
+    check_lengths_range(lengths, xw.shape[0])
+    args = contiguous(xw, w_hh, w_hr, h0, c0, lengths)
+    implementation = get_backend(backend)
+    if hasattr(implementation, "lstm_inference"):
+        return implementation.lstm_inference(*args)
+    return implementation.lstm_forward(*args)[:3]
+
+
+@lstm_inference.register_fake
+def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
+    check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
+    return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
+
+
+@torch.library.custom_op("fused_rnn::gru_inference", mutates_args=())
+def gru_inference(
+    xw: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """gru_forward without gates: -> hs [T, B, H], h_n [B, H]."""
+    check_gru_args(xw, w_hh, b_hn, h0, lengths)
+    check_lengths_range(lengths, xw.shape[0])
+    args = contiguous(xw, w_hh, b_hn, h0, lengths)
+    implementation = get_backend(backend)
+    if hasattr(implementation, "gru_inference"):
+        return implementation.gru_inference(*args)
+    return implementation.gru_forward(*args)[:2]
+
+
+@gru_inference.register_fake
+def _(xw, w_hh, b_hn, h0, lengths, backend):
+    check_gru_args(xw, w_hh, b_hn, h0, lengths)
+    return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0)
+
+
+def needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will record an op on `tensors`: the choice between the forward ops and the
+    inference ops."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ----------------------------------------------------------------------------------------------

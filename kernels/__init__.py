@@ -1,7 +1,8 @@
 """The `triton` backend of fused_rnn (installed as fused_rnn.kernels): fused recurrence kernels.
 
 The six functions of fused_rnn.reference with the same signatures, outputs and saved tensors
-(rnn/lstm/gru forward and backward), plus `unavailable_reason(device)`. Per cell and direction of
+(rnn/lstm/gru forward and backward), the inference variants of the LSTM and GRU forward (no saved
+tensors written; see fused_rnn.ops), plus `unavailable_reason(device)`. Per cell and direction of
 time one kernel runs the time loop itself: the hidden units are split across programs, each program
 loads its slice of W_hh (all gate rows of its units) once and keeps it for every step, and the
 programs exchange the state once per step (kernels.launch). Gate math, cell states and
@@ -30,9 +31,9 @@ except ImportError as error:
     _IMPORT_ERROR: Optional[str] = f"Triton could not be imported ({error})"
 else:
     _IMPORT_ERROR = None
-    from .gru import gru_backward, gru_forward
+    from .gru import gru_backward, gru_forward, gru_inference
     from .launch import INTERPRETING
-    from .lstm import lstm_backward, lstm_forward
+    from .lstm import lstm_backward, lstm_forward, lstm_inference
     from .rnn import rnn_backward, rnn_forward
 
 
@@ -56,8 +57,10 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
 __all__ = [
     "gru_backward",
     "gru_forward",
+    "gru_inference",
     "lstm_backward",
     "lstm_forward",
+    "lstm_inference",
     "rnn_backward",
     "rnn_forward",
     "unavailable_reason",

@@ -26,10 +26,11 @@ from .tiles import gate_columns_tile, gate_rows_tile, row_lengths, tanh, tile_of
 @triton.jit
 def gru_forward_kernel(
     xw, w_hh, b_hn, h_buf, lengths, hs, gates,
-    # [T, B, 3H], [3H, H], [H] or None, [2, B, H], [B] or None, [T, B, H], [T, B, 4H]
+    # [T, B, 3H], [3H, H], [H] or None, [2, B, H], [B] or None, [T, B, H], [T, B, 4H] or None
+    # (None unless SAVE)
     T, B, H,
     barrier, k_start, k_stop,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PERSISTENT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -71,11 +72,12 @@ def gru_forward_kernel(
         n = tanh(n + r * h_n)
         h_new = (1.0 - z) * n + z * h_old.to(tl.float32)
         live = (t < row_length)[:, None]
-        saved = gates + step * 4 * H + gate_own
-        tl.store(saved, tl.where(live, r, 0.0).to(gates.dtype.element_ty), mask=own_mask)
-        tl.store(saved + H, tl.where(live, z, 0.0).to(gates.dtype.element_ty), mask=own_mask)
-        tl.store(saved + 2 * H, tl.where(live, n, 0.0).to(gates.dtype.element_ty), mask=own_mask)
-        tl.store(saved + 3 * H, tl.where(live, h_n, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+        if SAVE:
+            saved = gates + step * 4 * H + gate_own
+            tl.store(saved, tl.where(live, r, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+            tl.store(saved + H, tl.where(live, z, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+            tl.store(saved + 2 * H, tl.where(live, n, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+            tl.store(saved + 3 * H, tl.where(live, h_n, 0.0).to(gates.dtype.element_ty), mask=own_mask)
         tl.store(hs + step * H + own, tl.where(live, h_new, 0.0).to(hs.dtype.element_ty), mask=own_mask)
         tl.store(h_write + own, tl.where(live, h_new.to(h_old.dtype), h_old), mask=own_mask)
         # Stage 4: every program has written h[t] before any reads it.
@@ -161,6 +163,35 @@ def gru_backward_kernel(
     tl.store(dh_state + own, dh, mask=own_mask)
 
 
+def _run_gru_forward(
+    xw: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    lengths: Optional[Tensor],
+    save: bool,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """-> hs, h_n and, when `save`, gates (else None): see gru_forward."""
+    ops.check_gru_args(xw, w_hh, b_hn, h0, lengths)
+    check_dtype("xw", xw)
+    xw, w_hh = xw.contiguous(), w_hh.contiguous()
+    steps, batch = xw.shape[:2]
+    hidden = h0.shape[1]
+    plan = plan_launch(batch, hidden, hidden, xw)
+    hs = xw.new_empty(steps, batch, hidden)
+    gates = xw.new_empty(steps, batch, 4 * hidden) if save else None
+    h_buf = xw.new_empty(2, batch, hidden)
+    h_buf[0].copy_(h0)
+    run_phases(
+        gru_forward_kernel,
+        plan,
+        steps,
+        (xw, w_hh, None if b_hn is None else b_hn.contiguous(), h_buf, lengths, hs, gates, steps, batch, hidden),
+        {"HAS_BIAS": b_hn is not None, "HAS_LENGTHS": lengths is not None, "SAVE": save, "BLOCK_K": block_size(hidden)},
+    )
+    return hs, h_buf[steps % 2].clone(), gates
+
+
 def gru_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -174,24 +205,14 @@ def gru_forward(
     Saved for backward per time step: hs B*H*e and gates B*4H*e bytes (e = element size of xw's
     dtype): 5*B*H*e in all.
     """
-    ops.check_gru_args(xw, w_hh, b_hn, h0, lengths)
-    check_dtype("xw", xw)
-    xw, w_hh = xw.contiguous(), w_hh.contiguous()
-    steps, batch = xw.shape[:2]
-    hidden = h0.shape[1]
-    plan = plan_launch(batch, hidden, hidden, xw)
-    hs = xw.new_empty(steps, batch, hidden)
-    gates = xw.new_empty(steps, batch, 4 * hidden)
-    h_buf = xw.new_empty(2, batch, hidden)
-    h_buf[0].copy_(h0)
-    run_phases(
-        gru_forward_kernel,
-        plan,
-        steps,
-        (xw, w_hh, None if b_hn is None else b_hn.contiguous(), h_buf, lengths, hs, gates, steps, batch, hidden),
-        {"HAS_BIAS": b_hn is not None, "HAS_LENGTHS": lengths is not None, "BLOCK_K": block_size(hidden)},
-    )
-    return hs, h_buf[steps % 2].clone(), gates
+    return _run_gru_forward(xw, w_hh, b_hn, h0, lengths, save=True)
+
+
+def gru_inference(
+    xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """gru_forward without writing gates: -> hs, h_n."""
+    return _run_gru_forward(xw, w_hh, b_hn, h0, lengths, save=False)[:2]
 
 
 def gru_backward(

@@ -31,11 +31,12 @@ from .tiles import gate_columns_tile, gate_rows_tile, row_lengths, tanh, tile_of
 @triton.jit
 def lstm_forward_kernel(
     xw, w_hh, h_buf, c_state, lengths, hs, cs, gates, unprojected,
-    # [T, B, 4H], [4H, P], [2, B, P], [B, H] f32, [B] or None, [T, B, P], [T, B, H] f32, [T, B, 4H],
-    # [B, H] f32 (PROJECTED only: o * tanh(c) of the step, for the launcher to project)
+    # [T, B, 4H], [4H, P], [2, B, P], [B, H] f32, [B] or None, [T, B, P], [T, B, H] f32, [T, B, 4H]
+    # (cs and gates: None unless SAVE), [B, H] f32 (PROJECTED only: o * tanh(c) of the step, for the
+    # launcher to project)
     T, B, H, P,
     barrier, k_start, k_stop,
-    HAS_LENGTHS: tl.constexpr, PROJECTED: tl.constexpr, PERSISTENT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, PROJECTED: tl.constexpr, SAVE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -76,12 +77,13 @@ def lstm_forward_kernel(
         c_new = f * c + i * g
         h_new = o * tanh(c_new)
         live = (t < row_length)[:, None]
-        tl.store(cs + step * H + own, tl.where(live, c_new, 0.0), mask=own_mask)
-        saved = gates + step * 4 * H + gate_own
-        tl.store(saved, tl.where(live, i, 0.0).to(gates.dtype.element_ty), mask=own_mask)
-        tl.store(saved + H, tl.where(live, f, 0.0).to(gates.dtype.element_ty), mask=own_mask)
-        tl.store(saved + 2 * H, tl.where(live, g, 0.0).to(gates.dtype.element_ty), mask=own_mask)
-        tl.store(saved + 3 * H, tl.where(live, o, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+        if SAVE:
+            tl.store(cs + step * H + own, tl.where(live, c_new, 0.0), mask=own_mask)
+            saved = gates + step * 4 * H + gate_own
+            tl.store(saved, tl.where(live, i, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+            tl.store(saved + H, tl.where(live, f, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+            tl.store(saved + 2 * H, tl.where(live, g, 0.0).to(gates.dtype.element_ty), mask=own_mask)
+            tl.store(saved + 3 * H, tl.where(live, o, 0.0).to(gates.dtype.element_ty), mask=own_mask)
         c = tl.where(live, c_new, c)
         if PROJECTED:
             tl.store(unprojected + own, h_new, mask=own_mask)
@@ -187,6 +189,49 @@ def lstm_backward_kernel(
         tl.store(dh_state + own, dh, mask=own_mask)
 
 
+def _run_lstm_forward(
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """-> hs, h_n, c_n and, when `save`, cs and gates (else None): see lstm_forward."""
+    ops.check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
+    check_dtype("xw", xw)
+    xw, w_hh = xw.contiguous(), w_hh.contiguous()
+    steps, batch = xw.shape[:2]
+    hidden, state = c0.shape[1], h0.shape[1]
+    plan = plan_launch(batch, hidden, state, xw, allow_persistent=w_hr is None)
+    hs = xw.new_empty(steps, batch, state)
+    cs = xw.new_empty(steps, batch, hidden, dtype=torch.float32) if save else None
+    gates = torch.empty_like(xw) if save else None
+    h_buf = xw.new_empty(2, batch, state)
+    h_buf[0].copy_(h0)
+    c_state = c0.to(torch.float32, copy=True).contiguous()
+    unprojected = None if w_hr is None else xw.new_empty(batch, hidden, dtype=torch.float32)
+    args = (xw, w_hh, h_buf, c_state, lengths, hs, cs, gates, unprojected, steps, batch, hidden, state)
+    meta = {
+        "HAS_LENGTHS": lengths is not None,
+        "PROJECTED": w_hr is not None,
+        "SAVE": save,
+        "BLOCK_K": block_size(state),
+    }
+    if w_hr is None:
+        run_phases(lstm_forward_kernel, plan, steps, args, meta)
+    else:
+        w_projection = w_hr.to(torch.float32).t()
+        for t in range(steps):
+            launch_phase(lstm_forward_kernel, plan, t, args, meta)
+            projected = unprojected @ w_projection  # [B, P]
+            live = live_rows(lengths, t)
+            hs[t] = zero_dead(live, projected)
+            h_buf[(t + 1) % 2] = keep_live(live, projected.to(xw.dtype), h_buf[t % 2])
+    return hs, h_buf[steps % 2].clone(), c_state.to(xw.dtype), cs, gates
+
+
 def lstm_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -201,32 +246,19 @@ def lstm_forward(
     Saved for backward per time step: hs B*P*e, cs B*H*4 and gates B*4H*e bytes
     (e = element size of xw's dtype): B*(P*e + 4H + 4H*e) in all.
     """
-    ops.check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
-    check_dtype("xw", xw)
-    xw, w_hh = xw.contiguous(), w_hh.contiguous()
-    steps, batch = xw.shape[:2]
-    hidden, state = c0.shape[1], h0.shape[1]
-    plan = plan_launch(batch, hidden, state, xw, allow_persistent=w_hr is None)
-    hs = xw.new_empty(steps, batch, state)
-    cs = xw.new_empty(steps, batch, hidden, dtype=torch.float32)
-    gates = torch.empty_like(xw)
-    h_buf = xw.new_empty(2, batch, state)
-    h_buf[0].copy_(h0)
-    c_state = c0.to(torch.float32, copy=True).contiguous()
-    unprojected = None if w_hr is None else xw.new_empty(batch, hidden, dtype=torch.float32)
-    args = (xw, w_hh, h_buf, c_state, lengths, hs, cs, gates, unprojected, steps, batch, hidden, state)
-    meta = {"HAS_LENGTHS": lengths is not None, "PROJECTED": w_hr is not None, "BLOCK_K": block_size(state)}
-    if w_hr is None:
-        run_phases(lstm_forward_kernel, plan, steps, args, meta)
-    else:
-        w_projection = w_hr.to(torch.float32).t()
-        for t in range(steps):
-            launch_phase(lstm_forward_kernel, plan, t, args, meta)
-            projected = unprojected @ w_projection  # [B, P]
-            live = live_rows(lengths, t)
-            hs[t] = zero_dead(live, projected)
-            h_buf[(t + 1) % 2] = keep_live(live, projected.to(xw.dtype), h_buf[t % 2])
-    return hs, h_buf[steps % 2].clone(), c_state.to(xw.dtype), cs, gates
+    return _run_lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, save=True)
+
+
+def lstm_inference(
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_forward without writing cs and gates: -> hs, h_n, c_n."""
+    return _run_lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, save=False)[:3]
 
 
 def lstm_backward(

@@ -5,8 +5,20 @@ imports fused_rnn's Triton backend: without a GPU the Triton kernels run in the 
 """
 
 import os
+import sys
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo_cache():
+    """Each test compiles from scratch: Dynamo caches compiled frames per code object (all module
+    instances share fused_rnn's forward), and the entries of earlier tests would otherwise count
+    towards its recompile limit, which fullgraph=True turns into an error."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+    yield

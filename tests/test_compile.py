@@ -89,6 +89,21 @@ def test_compiled_module_matches_eager(name):
     check_against_eager(name, "aot_eager", [(7, 3), (4, 5), (9, 2)])
 
 
+@pytest.mark.parametrize("name", ["lstm-bidirectional-2-layers-proj-hx", "gru-batch-first"])
+def test_compiled_inference_matches_eager(name):
+    """Under torch.no_grad the modules run the inference ops, which must trace as well."""
+    make_model, make_inputs, call = CASES[name]
+    torch.manual_seed(200 + list(CASES).index(name))
+    model = make_model()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    inputs = make_inputs(6, 3)
+    with torch.no_grad():
+        eager, traced = flatten(call(model, *inputs)), flatten(call(compiled, *inputs))
+    assert len(traced) == len(eager)
+    for got, want in zip(traced, eager):
+        assert got.shape == want.shape and relative_error(got, want) <= FLOAT32_TOLERANCE
+
+
 def test_inductor_compiled_module_matches_eager():
     """The default compiler end to end. One cell only: Inductor compiles C++ for each kernel, and
     a cold cache costs over a minute for the 2-layer bidirectional LSTM on a 2-core machine."""

@@ -64,6 +64,16 @@ def test_opcheck_cpp_ops(cell, with_lengths):
     torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_backward").default, backward)
 
 
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
+def test_opcheck_inference_ops(cell, with_lengths):
+    """The C++ inference op and the user-facing one with backend="native"."""
+    lengths = torch.tensor([3, 1]) if with_lengths else None
+    forward_op, forward_with_backend, *_, name, forward, _ = _cases(cell, lengths, requires_grad=False)
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_inference").default, forward)
+    torch.library.opcheck(getattr(ops, f"{name}_inference"), forward_with_backend)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_opcheck_python_forward_ops_with_native_backend(cell):
     """Includes autograd: the op's backward runs the native backward op."""

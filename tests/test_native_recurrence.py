@@ -111,6 +111,32 @@ def test_every_output_and_saved_tensor_matches_reference(cell):
             assert error <= 1e-12, f"{cell} {kind} output {index}: relative error {error:.3g}"
 
 
+INFERENCE_CASES = [
+    (Case("lstm", 7, 9, 300, lengths=True), F32),
+    (Case("lstm", 5, 5, 33, lengths=True), F64),
+    (Case("lstm", 6, 5, 100), BF16),
+    (Case("lstm_proj", 7, 5, 33, proj=13, lengths=True), F32),
+    (Case("gru", 7, 9, 300, lengths=True), F32),
+    (Case("gru", 6, 5, 33), BF16),
+]
+
+
+@pytest.mark.parametrize("case, dtype", INFERENCE_CASES, ids=[f"{c}-{str(d)[6:]}" for c, d in INFERENCE_CASES])
+def test_inference_ops_equal_the_forward_ops(case, dtype):
+    """The inference ops run the same step loop without writing cs and gates: their outputs are
+    bitwise those of the forward ops, with every element written (NaN-poisoned allocations)."""
+    x = {n: t if t is None or n == "lengths" else t.to(dtype) for n, t in make_inputs(case, torch.Generator().manual_seed(11)).items()}
+    name, args = _forward_args(case.cell, x)
+    with poisoned():
+        inference = getattr(native, f"{name}_inference")(*args)
+        forward = getattr(native, f"{name}_forward")(*args)
+    assert len(inference) == (3 if name == "lstm" else 2)
+    for index, (got, want) in enumerate(zip(inference, forward)):
+        assert got.dtype == want.dtype and got.shape == want.shape, f"output {index}"
+        assert not got.isnan().any(), f"output {index} has unwritten elements"
+        assert torch.equal(got, want), f"output {index} differs"
+
+
 def test_saved_cell_states_are_float32_for_bfloat16_input():
     case = Case("lstm", 4, 3, 8, lengths=True)
     x = {n: t if t is None or n == "lengths" else t.to(BF16) for n, t in make_inputs(case, torch.Generator()).items()}
@@ -175,10 +201,11 @@ LSTM_FORWARD_ERRORS = [
 ]
 
 
+@pytest.mark.parametrize("op", ["native_lstm_forward", "native_lstm_inference"])
 @pytest.mark.parametrize("changes, message", LSTM_FORWARD_ERRORS, ids=[m[:40] for _, m in LSTM_FORWARD_ERRORS])
-def test_lstm_forward_rejects_bad_arguments(changes, message):
-    with pytest.raises(RuntimeError, match=r"fused_rnn::native_lstm_forward: " + message):
-        torch.ops.fused_rnn.native_lstm_forward(**_lstm_args(**changes))
+def test_lstm_forward_rejects_bad_arguments(op, changes, message):
+    with pytest.raises(RuntimeError, match=rf"fused_rnn::{op}: " + message):
+        getattr(torch.ops.fused_rnn, op)(**_lstm_args(**changes))
 
 
 def test_backward_ops_reject_bad_arguments():
@@ -196,5 +223,6 @@ def test_backward_ops_reject_bad_arguments():
         )
     with pytest.raises(RuntimeError, match=r"native_gru_backward: gates must have shape \[T, B, 4H\] = \[3, 2, 16\], got \[3, 2, 12\]"):
         torch.ops.fused_rnn.native_gru_backward(hs, h0, torch.zeros(3 * H, H), None, h0, None, hs, torch.zeros(T, B, 3 * H))
-    with pytest.raises(RuntimeError, match=r"native_gru_forward: b_hn must have shape \[H\] = \[4\], got \[5\]"):
-        torch.ops.fused_rnn.native_gru_forward(torch.zeros(T, B, 3 * H), torch.zeros(3 * H, H), torch.zeros(H + 1), h0, None)
+    for op in ("native_gru_forward", "native_gru_inference"):
+        with pytest.raises(RuntimeError, match=rf"{op}: b_hn must have shape \[H\] = \[4\], got \[5\]"):
+            getattr(torch.ops.fused_rnn, op)(torch.zeros(T, B, 3 * H), torch.zeros(3 * H, H), torch.zeros(H + 1), h0, None)

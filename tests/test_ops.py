@@ -216,3 +216,50 @@ def test_opcheck_half_inputs(cell):
     x = {n: t if t is None or n == "lengths" else t.to(torch.bfloat16) for n, t in x.items()}
     forward_op, _ = op_pair(cell)
     torch.library.opcheck(forward_op, opcheck_forward_args(cell, x), test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference ops: the forward ops without the tensors saved for backward
+# ---------------------------------------------------------------------------------------------
+
+
+def call_inference(cell: str, x: dict):
+    if cell.startswith("lstm"):
+        return ops.lstm_inference(x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], BACKEND)
+    return ops.gru_inference(x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"], BACKEND)
+
+
+@pytest.mark.parametrize("with_lengths", LENGTHS, ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
+def test_inference_op_returns_the_forward_outputs(cell, with_lengths):
+    x = small_inputs(cell, with_lengths, case_seed(cell, with_lengths, 500))
+    inference = call_inference(cell, x)
+    forward = differentiable_outputs(cell, call_forward(cell, x, x["lengths"]))
+    assert len(inference) == len(forward)
+    for got, want in zip(inference, forward):
+        assert torch.equal(got, want)
+    args = opcheck_forward_args(cell, x)
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(getattr(ops, f"{cell.split('_')[0]}_inference"), args)
+
+
+@pytest.mark.parametrize("module", ["LSTM", "GRU"])
+def test_modules_run_the_inference_op_exactly_when_no_gradient_is_needed(module, monkeypatch):
+    import fused_rnn
+
+    family = module.lower()
+    calls = []
+    for kind in ("forward", "inference"):
+        op = getattr(ops, f"{family}_{kind}")
+        monkeypatch.setattr(ops, f"{family}_{kind}", lambda *args, op=op, kind=kind: calls.append(kind) or op(*args))
+    model = getattr(fused_rnn, module)(3, 4, backend=BACKEND)
+    x = torch.randn(5, 2, 3)
+    with_grad = model(x)[0]
+    with torch.no_grad():
+        without_grad = model(x)[0]
+    model.requires_grad_(False)
+    frozen = model(x)[0]
+    frozen_with_grad_input = model(x.requires_grad_())[0]
+    assert calls == ["forward", "inference", "inference", "forward"]
+    assert torch.equal(with_grad, without_grad) and torch.equal(with_grad, frozen)
+    assert frozen_with_grad_input.requires_grad

@@ -14,14 +14,16 @@ import pytest
 triton = pytest.importorskip("triton")
 
 KERNEL_MODES = [
-    # (module, kernel, kernel-specific constexprs)
+    # (module, kernel, kernel-specific constexprs; None for a pointer the mode does not pass)
     ("rnn", "rnn_forward_kernel", {"RELU": False}),
     ("rnn", "rnn_backward_kernel", {"RELU": True}),
-    ("lstm", "lstm_forward_kernel", {"PROJECTED": False}),
-    ("lstm", "lstm_forward_kernel", {"PROJECTED": True}),
+    ("lstm", "lstm_forward_kernel", {"PROJECTED": False, "SAVE": True}),
+    ("lstm", "lstm_forward_kernel", {"PROJECTED": True, "SAVE": True}),
+    ("lstm", "lstm_forward_kernel", {"PROJECTED": False, "SAVE": False, "cs": None, "gates": None}),
     ("lstm", "lstm_backward_kernel", {"PROJECTED": False}),
     ("lstm", "lstm_backward_kernel", {"PROJECTED": True}),
-    ("gru", "gru_forward_kernel", {"HAS_BIAS": True}),
+    ("gru", "gru_forward_kernel", {"HAS_BIAS": True, "SAVE": True}),
+    ("gru", "gru_forward_kernel", {"HAS_BIAS": True, "SAVE": False, "gates": None}),
     ("gru", "gru_backward_kernel", {}),
 ]
 INTEGERS = {"T", "B", "H", "P", "k_start", "k_stop"}

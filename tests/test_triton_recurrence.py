@@ -108,6 +108,27 @@ def test_every_output_and_saved_tensor_matches_reference(cell):
             assert error <= 1e-5, f"{cell} {kind} output {index}: relative error {error:.3g}"
 
 
+@pytest.mark.parametrize(
+    "case",
+    [Case("lstm", 7, 5, 33, lengths=True), Case("lstm_proj", 5, 5, 33, proj=9, lengths=True), Case("gru", 7, 20, 17, lengths=True)],
+    ids=str,
+)
+def test_inference_functions_equal_the_forward_functions(case):
+    """Without the saved tensors (SAVE=False: cs and gates are never touched) the kernels compute the
+    same outputs, bitwise."""
+    inputs = make_inputs(case, torch.Generator().manual_seed(case.seed))
+    args = {n: t if t is None or n == "lengths" else t.to(DEVICE, F32) for n, t in inputs.items()}
+    args["lengths"] = None if inputs["lengths"] is None else inputs["lengths"].to(DEVICE)
+    name, our_args = _op_arguments(case.cell, args)
+    backend = get_backend("triton")
+    with poisoned_allocations():
+        inference = getattr(backend, f"{name}_inference")(*our_args)
+        forward = getattr(backend, f"{name}_forward")(*our_args)
+    assert len(inference) == (3 if name == "lstm" else 2)
+    for index, (got, want) in enumerate(zip(inference, forward)):
+        assert torch.equal(got, want), f"output {index}"
+
+
 def test_float64_is_refused_with_the_dtypes_it_supports():
     xw, w_hh, h0 = torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="xw of dtype float32, float16 or bfloat16, got torch.float64"):

@@ -1,5 +1,5 @@
-// The pointwise half of one recurrence time step on the CPU (the GEMM half is at::mm_out in the
-// step loops of rnn.cpp, lstm.cpp, gru.cpp).
+// The pointwise half of one recurrence time step on the CPU (the GEMM half is StepGemm,
+// step_gemm.h, in the step loops of rnn.cpp, lstm.cpp, gru.cpp).
 //
 // Each step kernel is one fused pass over [B, units], vectorised with at::vec::Vectorized and
 // split across threads with at::parallel_for. The kernels are compiled once per CPU capability
@@ -66,8 +66,8 @@ struct LstmForwardStep {
   int64_t hidden;
   const void* xw;     // [B, 4H] scalar: xw[t]
   const void* hw;     // [B, 4H] acc: h[t-1] @ W_hh^T
-  void* gates;        // [B, 4H] scalar, out: activated i, f, g, o
-  void* cs;           // [B, H] acc, out: cs[t]
+  void* gates;        // [B, 4H] scalar, out: activated i, f, g, o; null when not saved
+  void* cs;           // [B, H] acc, out: cs[t]; null when not saved
   void* c;            // [B, H] acc, in-out: the carried cell state
   void* hs;           // [B, H] scalar, out: hs[t]; null with a projection
   void* h;            // [B, H] acc, in-out: the carried state; null with a projection
@@ -121,7 +121,7 @@ struct GruForwardStep {
   const void* xw;    // [B, 3H] scalar: xw[t]
   const void* hw;    // [B, 3H] acc: h[t-1] @ W_hh^T
   const void* b_hn;  // [H] scalar, or null
-  void* gates;       // [B, 4H] scalar, out: r, z, n, W_hn h + b_hn
+  void* gates;       // [B, 4H] scalar, out: r, z, n, W_hn h + b_hn; null when not saved
   void* hs;          // [B, H] scalar, out: hs[t]
   void* h;           // [B, H] acc, in-out: the carried state
 };

@@ -187,11 +187,13 @@ void lstm_forward(const LstmForwardStep& s) {
   const int64_t H = s.hidden;
   const bool projected = s.unprojected != nullptr;
   parallel_tiles(s.rows.batch, H, [&](int64_t b, int64_t j0, int64_t j1) {
-    scalar_t* gates = row<scalar_t>(s.gates, b, 4 * H);
-    acc_t* cs = row<acc_t>(s.cs, b, H);
+    scalar_t* gates = s.gates ? row<scalar_t>(s.gates, b, 4 * H) : nullptr;
+    acc_t* cs = s.cs ? row<acc_t>(s.cs, b, H) : nullptr;
     if (!s.rows.live(b)) {
-      for (int64_t gate = 0; gate < 4; ++gate) fill_zero(gates + gate * H + j0, j1 - j0);
-      fill_zero(cs + j0, j1 - j0);
+      if (gates) {
+        for (int64_t gate = 0; gate < 4; ++gate) fill_zero(gates + gate * H + j0, j1 - j0);
+      }
+      if (cs) fill_zero(cs + j0, j1 - j0);
       if (projected) {
         fill_zero(row<acc_t>(s.unprojected, b, H) + j0, j1 - j0);
       } else {
@@ -210,11 +212,13 @@ void lstm_forward(const LstmForwardStep& s) {
       const Vec o = sigmoid(L::load(xw + 3 * H + j, n) + L::load_acc(hw + 3 * H + j, n));
       const Vec c_new = f * L::load_acc(c + j, n) + i * g;
       const Vec h_new = o * tanh_from_exp(c_new);
-      L::store(gates + j, i, n);
-      L::store(gates + H + j, f, n);
-      L::store(gates + 2 * H + j, g, n);
-      L::store(gates + 3 * H + j, o, n);
-      L::store_acc(cs + j, c_new, n);
+      if (gates) {
+        L::store(gates + j, i, n);
+        L::store(gates + H + j, f, n);
+        L::store(gates + 2 * H + j, g, n);
+        L::store(gates + 3 * H + j, o, n);
+      }
+      if (cs) L::store_acc(cs + j, c_new, n);
       L::store_acc(c + j, c_new, n);
       if (projected) {
         L::store_acc(row<acc_t>(s.unprojected, b, H) + j, h_new, n);
@@ -338,10 +342,12 @@ void gru_forward(const GruForwardStep& s) {
   const int64_t H = s.hidden;
   const scalar_t* b_hn = static_cast<const scalar_t*>(s.b_hn);
   parallel_tiles(s.rows.batch, H, [&](int64_t b, int64_t j0, int64_t j1) {
-    scalar_t* gates = row<scalar_t>(s.gates, b, 4 * H);
+    scalar_t* gates = s.gates ? row<scalar_t>(s.gates, b, 4 * H) : nullptr;
     scalar_t* hs = row<scalar_t>(s.hs, b, H);
     if (!s.rows.live(b)) {
-      for (int64_t gate = 0; gate < 4; ++gate) fill_zero(gates + gate * H + j0, j1 - j0);
+      if (gates) {
+        for (int64_t gate = 0; gate < 4; ++gate) fill_zero(gates + gate * H + j0, j1 - j0);
+      }
       fill_zero(hs + j0, j1 - j0);
       return;
     }
@@ -357,10 +363,12 @@ void gru_forward(const GruForwardStep& s) {
       if (b_hn) h_n = h_n + L::load(b_hn + j, n);
       const Vec n_gate = tanh_from_exp(L::load(xw + 2 * H + j, n) + r * h_n);
       const Vec h_new = (one - z) * n_gate + z * L::load_acc(h + j, n);
-      L::store(gates + j, r, n);
-      L::store(gates + H + j, z, n);
-      L::store(gates + 2 * H + j, n_gate, n);
-      L::store(gates + 3 * H + j, h_n, n);
+      if (gates) {
+        L::store(gates + j, r, n);
+        L::store(gates + H + j, z, n);
+        L::store(gates + 2 * H + j, n_gate, n);
+        L::store(gates + 3 * H + j, h_n, n);
+      }
       L::store(hs + j, h_new, n);
       L::store_acc(h + j, L::round(h_new), n);
     }

@@ -1,9 +1,7 @@
-// GRU recurrence on the CPU: per time step one GEMM into a buffer made once per call, then one
-// fused pointwise kernel (cell_steps.h).
+// GRU recurrence on the CPU: per time step one GEMM (step_gemm.h) into a buffer made once per call,
+// then one fused pointwise kernel (cell_steps.h).
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -16,35 +14,54 @@ namespace {
 using at::Tensor;
 
 constexpr const char* kForward = "fused_rnn::native_gru_forward";
+constexpr const char* kInference = "fused_rnn::native_gru_inference";
 constexpr const char* kBackward = "fused_rnn::native_gru_backward";
 
 /// xw [T, B, 3H], w_hh [3H, H], b_hn [H], h0 [B, H], lengths [B]
-/// -> hs [T, B, H], h_n [B, H], gates [T, B, 4H] (r, z, n, W_hn h + b_hn).
-std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xw_arg, const Tensor& w_hh,
-                                               const std::optional<Tensor>& b_hn_arg,
-                                               const Tensor& h0,
-                                               const std::optional<Tensor>& lengths_arg) {
-  const RecurrenceSizes n = check_gru_forward(kForward, xw_arg, w_hh, b_hn_arg, h0, lengths_arg);
-  const Lengths lengths(kForward, lengths_arg, n.steps);
+/// -> hs [T, B, H], h_n [B, H] and, when `save`, gates [T, B, 4H] (r, z, n, W_hn h + b_hn) for the
+///    backward pass (undefined otherwise).
+std::tuple<Tensor, Tensor, Tensor> run_gru_forward(const char* op, const Tensor& xw_arg,
+                                                   const Tensor& w_hh,
+                                                   const std::optional<Tensor>& b_hn_arg,
+                                                   const Tensor& h0,
+                                                   const std::optional<Tensor>& lengths_arg,
+                                                   bool save) {
+  const RecurrenceSizes n = check_gru_forward(op, xw_arg, w_hh, b_hn_arg, h0, lengths_arg);
+  const Lengths lengths(op, lengths_arg, n.steps);
   const Tensor xw = xw_arg.contiguous();
   const at::ScalarType dtype = xw.scalar_type();
   const at::ScalarType acc = accumulation_dtype(dtype);
   const Tensor b_hn = b_hn_arg.has_value() ? b_hn_arg->contiguous() : Tensor();
 
-  const Tensor w_hh_t = transposed(w_hh, acc);  // [H, 3H]
+  const StepGemm times_w_hh_t(w_hh, /*transposed=*/true, n.batch, n.steps, acc);
   Tensor hs = empty_sequence({n.steps, n.batch, n.hidden}, xw.options());
-  Tensor gates = empty_sequence({n.steps, n.batch, 4 * n.hidden}, xw.options());
+  Tensor gates = save ? empty_sequence({n.steps, n.batch, 4 * n.hidden}, xw.options()) : Tensor();
   Tensor h = working_copy(h0, acc);
   Tensor hw = at::empty({n.batch, 3 * n.hidden}, xw.options().dtype(acc));
 
   const CellStepKernels& kernels = cell_step_kernels();
   for (int64_t t = 0; t < n.steps; ++t) {
-    at::mm_out(hw, h, w_hh_t);
+    times_w_hh_t(h, hw);
     kernels.gru_forward({dtype, lengths.rows(n, t), n.hidden, at_step(xw, t), hw.data_ptr(),
-                         b_hn.defined() ? b_hn.data_ptr() : nullptr, at_step(gates, t),
-                         at_step(hs, t), h.data_ptr()});
+                         b_hn.defined() ? b_hn.data_ptr() : nullptr,
+                         save ? at_step(gates, t) : nullptr, at_step(hs, t), h.data_ptr()});
   }
   return {hs, h.to(dtype), gates};
+}
+
+/// -> hs, h_n, gates (see run_gru_forward).
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xw, const Tensor& w_hh,
+                                               const std::optional<Tensor>& b_hn, const Tensor& h0,
+                                               const std::optional<Tensor>& lengths) {
+  return run_gru_forward(kForward, xw, w_hh, b_hn, h0, lengths, /*save=*/true);
+}
+
+/// The forward pass without the tensors saved for backward: -> hs, h_n.
+std::tuple<Tensor, Tensor> gru_inference(const Tensor& xw, const Tensor& w_hh,
+                                         const std::optional<Tensor>& b_hn, const Tensor& h0,
+                                         const std::optional<Tensor>& lengths) {
+  auto [hs, h_n, gates] = run_gru_forward(kInference, xw, w_hh, b_hn, h0, lengths, /*save=*/false);
+  return {hs, h_n};
 }
 
 /// grad_hs [T, B, H], grad_h_n [B, H] -> dxw [T, B, 3H], d_hn [T, B, H], dh0 [B, H].
@@ -65,7 +82,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& grad_hs_arg, const
   const at::ScalarType acc = accumulation_dtype(dtype);
   const auto acc_options = hs.options().dtype(acc);
 
-  const Tensor w = read_as(w_hh, acc);  // [3H, H]
+  const StepGemm times_w_hh(w_hh, /*transposed=*/false, n.batch, n.steps, acc);
   const Tensor dh_final = read_as(grad_h_n, acc);
   Tensor dh = at::empty({n.batch, n.hidden}, acc_options);  // g * z + d_hidden @ W_hh
   Tensor d_hidden = at::empty({n.batch, 3 * n.hidden}, acc_options);
@@ -78,7 +95,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& grad_hs_arg, const
                           at_step(gates, t), t > 0 ? at_step(hs, t - 1) : h0.data_ptr(),
                           dh_final.data_ptr(), dh.data_ptr(), at_step(dxw, t), at_step(d_hn, t),
                           d_hidden.data_ptr()});
-    dh.addmm_(d_hidden, w);
+    times_w_hh(d_hidden, dh, /*accumulate=*/true);
   }
   return {dxw, d_hn, dh.to(h0.scalar_type())};
 }
@@ -87,6 +104,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& grad_hs_arg, const
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("native_gru_forward", &gru_forward);
+  m.impl("native_gru_inference", &gru_inference);
   m.impl("native_gru_backward", &gru_backward);
 }
 

@@ -1,8 +1,7 @@
-// Vanilla RNN recurrence on the CPU: per time step one GEMM into a buffer made once per call,
-// then one fused pointwise kernel (cell_steps.h).
+// Vanilla RNN recurrence on the CPU: per time step one GEMM (step_gemm.h) into a buffer made once
+// per call, then one fused pointwise kernel (cell_steps.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -27,14 +26,14 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xw_arg, const Tensor& w_hh,
   const at::ScalarType dtype = xw.scalar_type();
   const at::ScalarType acc = accumulation_dtype(dtype);
 
-  const Tensor w_hh_t = transposed(w_hh, acc);  // [H, H]
+  const StepGemm times_w_hh_t(w_hh, /*transposed=*/true, n.batch, n.steps, acc);
   Tensor hs = empty_sequence({n.steps, n.batch, n.hidden}, xw.options());
   Tensor h = working_copy(h0, acc);                                  // [B, H]
   Tensor hw = at::empty({n.batch, n.hidden}, xw.options().dtype(acc));  // h @ W_hh^T
 
   const CellStepKernels& kernels = cell_step_kernels();
   for (int64_t t = 0; t < n.steps; ++t) {
-    at::mm_out(hw, h, w_hh_t);
+    times_w_hh_t(h, hw);
     kernels.rnn_forward({dtype, lengths.rows(n, t), n.hidden, relu, at_step(xw, t), hw.data_ptr(),
                          at_step(hs, t), h.data_ptr()});
   }
@@ -55,7 +54,7 @@ std::tuple<Tensor, Tensor> rnn_backward(const Tensor& grad_hs_arg, const Tensor&
   const at::ScalarType acc = accumulation_dtype(dtype);
   const auto acc_options = hs.options().dtype(acc);
 
-  const Tensor w = read_as(w_hh, acc);  // [H, H]
+  const StepGemm times_w_hh(w_hh, /*transposed=*/false, n.batch, n.steps, acc);
   const Tensor dh_final = read_as(grad_h_n, acc);
   Tensor dh = at::empty({n.batch, n.hidden}, acc_options);  // d_pre[t+1] @ W_hh
   Tensor dxw = empty_sequence({n.steps, n.batch, n.hidden}, hs.options());
@@ -67,7 +66,7 @@ std::tuple<Tensor, Tensor> rnn_backward(const Tensor& grad_hs_arg, const Tensor&
     kernels.rnn_backward({dtype, lengths.rows(n, t), n.hidden, relu, at_step(grad_hs, t),
                           at_step(hs, t), dh.data_ptr(), dh_final.data_ptr(), at_step(dxw, t),
                           d_pre.defined() ? d_pre.data_ptr() : nullptr});
-    at::mm_out(dh, d_pre.defined() ? d_pre : dxw.select(0, t), w);
+    times_w_hh(d_pre.defined() ? d_pre : dxw.select(0, t), dh);
   }
   return {dxw, dh.to(h0.scalar_type())};
 }

@@ -15,6 +15,7 @@
 
 #include "../recurrence_checks.h"
 #include "cell_steps.h"
+#include "step_gemm.h"
 
 namespace fused_rnn::cpu {
 
@@ -52,12 +53,6 @@ inline at::Tensor empty_sequence(at::IntArrayRef sizes, const at::TensorOptions&
 /// `tensor` in `dtype` and contiguous; `tensor` itself when it already is (read only).
 inline at::Tensor read_as(const at::Tensor& tensor, at::ScalarType dtype) {
   return tensor.to(dtype).contiguous();
-}
-
-/// W^T in `dtype`, laid out row-major: the per-step GEMMs h @ W^T then take no transposed
-/// operand, which MKL runs markedly faster at the few rows of a recurrence step.
-inline at::Tensor transposed(const at::Tensor& weight, at::ScalarType dtype) {
-  return weight.to(dtype).t().contiguous();
 }
 
 /// A fresh contiguous copy of `tensor` in `dtype`, which the step loop overwrites.
