@@ -4,13 +4,15 @@
 // residency and the lengths' values), makes the inputs contiguous, allocates the outputs and fills
 // the params struct of recurrence_params.h. An op's CUDA implementation is then
 //
-//     auto plan = plan_lstm_forward(kLstmForward, xw, w_hh, w_hr, h0, c0, lengths);
+//     auto plan = plan_lstm_forward(kLstmForward, xw, w_hh, w_hr, h0, c0, lengths, /*save=*/true);
 //     const c10::cuda::CUDAGuard guard(xw.device());
 //     check_launch(kLstmForward, launch_lstm_forward(plan.params, current_stream(xw)));
 //     return plan.outputs;
 //
 // registered in the TORCH_LIBRARY_IMPL block below together with the .cu file that defines its
-// launch function (recurrence_launch.h). Ops without one are not registered, so calling them on
+// launch function (recurrence_launch.h). The inference ops (native_{lstm,gru}_inference) run the
+// forward launch function with save = false: the saved-tensor pointers of the params are null,
+// and the kernels write only hs and the final states; their outputs are the plan's first ones. Ops without one are not registered, so calling them on
 // CUDA tensors raises the dispatcher's "no CUDA kernel" error, and fused_rnn.native reports the
 // CUDA backend as unavailable.
 #include <ATen/core/Tensor.h>
@@ -134,7 +136,7 @@ LaunchPlan<RnnBackwardParams, std::tuple<Tensor, Tensor>> plan_rnn_backward(
 LaunchPlan<LstmForwardParams, std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>>
 plan_lstm_forward(const char* op, const Tensor& xw, const Tensor& w_hh,
                   const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
-                  const std::optional<Tensor>& lengths) {
+                  const std::optional<Tensor>& lengths, bool save) {
   const auto n = check_lstm_forward(op, xw, w_hh, w_hr, h0, c0, lengths);
   check_on_cuda(op, "xw", xw);
   Inputs inputs;
@@ -149,13 +151,13 @@ plan_lstm_forward(const char* op, const Tensor& xw, const Tensor& w_hh,
   const Tensor hs = at::empty({n.steps, n.batch, n.state}, xw.options());
   const Tensor h_n = at::empty({n.batch, n.state}, xw.options());
   const Tensor c_n = at::empty({n.batch, n.hidden}, xw.options());
-  const Tensor cs = at::empty({n.steps, n.batch, n.hidden}, acc);
-  const Tensor gates = at::empty({n.steps, n.batch, 4 * n.hidden}, xw.options());
+  const Tensor cs = save ? at::empty({n.steps, n.batch, n.hidden}, acc) : Tensor();
+  const Tensor gates = save ? at::empty({n.steps, n.batch, 4 * n.hidden}, xw.options()) : Tensor();
   p.hs = hs.data_ptr();
   p.h_n = h_n.data_ptr();
   p.c_n = c_n.data_ptr();
-  p.cs = cs.data_ptr();
-  p.gates = gates.data_ptr();
+  p.cs = save ? cs.data_ptr() : nullptr;
+  p.gates = save ? gates.data_ptr() : nullptr;
   return {p, {hs, h_n, c_n, cs, gates}, inputs.take()};
 }
 
@@ -194,7 +196,7 @@ LaunchPlan<LstmBackwardParams, std::tuple<Tensor, Tensor, Tensor, Tensor>> plan_
 
 LaunchPlan<GruForwardParams, std::tuple<Tensor, Tensor, Tensor>> plan_gru_forward(
     const char* op, const Tensor& xw, const Tensor& w_hh, const std::optional<Tensor>& b_hn,
-    const Tensor& h0, const std::optional<Tensor>& lengths) {
+    const Tensor& h0, const std::optional<Tensor>& lengths, bool save) {
   const auto n = check_gru_forward(op, xw, w_hh, b_hn, h0, lengths);
   check_on_cuda(op, "xw", xw);
   Inputs inputs;
@@ -206,10 +208,10 @@ LaunchPlan<GruForwardParams, std::tuple<Tensor, Tensor, Tensor>> plan_gru_forwar
   p.lengths = inputs.add_lengths(op, lengths, n.steps);
   const Tensor hs = at::empty({n.steps, n.batch, n.hidden}, xw.options());
   const Tensor h_n = at::empty({n.batch, n.hidden}, xw.options());
-  const Tensor gates = at::empty({n.steps, n.batch, 4 * n.hidden}, xw.options());
+  const Tensor gates = save ? at::empty({n.steps, n.batch, 4 * n.hidden}, xw.options()) : Tensor();
   p.hs = hs.data_ptr();
   p.h_n = h_n.data_ptr();
-  p.gates = gates.data_ptr();
+  p.gates = save ? gates.data_ptr() : nullptr;
   return {p, {hs, h_n, gates}, inputs.take()};
 }
 

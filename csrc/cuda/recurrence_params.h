@@ -63,8 +63,8 @@ struct LstmForwardParams {
   void* hs;                // [T, B, P] out
   void* h_n;               // [B, P] out
   void* c_n;               // [B, H] out
-  void* cs;                // [T, B, H] out, accumulation dtype
-  void* gates;             // [T, B, 4H] out, activated i, f, g, o
+  void* cs;                // [T, B, H] out, accumulation dtype; null for the inference op
+  void* gates;             // [T, B, 4H] out, activated i, f, g, o; null for the inference op
 };
 
 struct LstmBackwardParams {
@@ -98,7 +98,7 @@ struct GruForwardParams {
   const int64_t* lengths;  // [B] or null
   void* hs;                // [T, B, H] out
   void* h_n;               // [B, H] out
-  void* gates;             // [T, B, 4H] out: r, z, n, W_hn h + b_hn
+  void* gates;             // [T, B, 4H] out: r, z, n, W_hn h + b_hn; null for the inference op
 };
 
 struct GruBackwardParams {
