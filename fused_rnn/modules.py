@@ -337,7 +337,8 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto") -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, backend: str = "auto") -> None:
+        _check_no_projection(proj_size)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend)
 
@@ -347,13 +348,21 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, device=None, dtype=None, *, backend: str = "auto") -> None:
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None, *,
+                 backend: str = "auto") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        _check_no_projection(proj_size)
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
                          backend=backend)
+
+
+def _check_no_projection(proj_size: int) -> None:
+    """torch.nn.GRU and RNN take proj_size (in torch.nn.LSTM's position) only to refuse it."""
+    if proj_size != 0:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
 # ------------------------------------------------------------------------------------------------
