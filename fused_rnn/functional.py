@@ -110,6 +110,16 @@ def run_direction(
     return out, h_n, c_n
 
 
+def dropout_between_layers(x: Tensor, lengths: Optional[Tensor], p: float) -> Tensor:
+    """Dropout of a layer's output x [T, B, F] as torch.nn draws it: over the whole tensor, or, for
+    packed input (lengths [B], sorted decreasing as packing orders rows), over the live (t, b) rows
+    in time-major order, which are the rows of the packed data. The other rows stay zero."""
+    if lengths is None:
+        return F.dropout(x, p=p, training=True)
+    live = torch.arange(x.shape[0], device=x.device)[:, None] < lengths[None, :]  # [T, B]
+    return x.masked_scatter(live[..., None], F.dropout(x[live], p=p, training=True))
+
+
 def run_layers(
     mode: str,
     x: Tensor,
@@ -140,6 +150,6 @@ def run_layers(
             c_finals.append(c_n)
         x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
         if dropout > 0 and training and index < len(layers) - 1:
-            x = F.dropout(x, p=dropout, training=True)
+            x = dropout_between_layers(x, lengths, dropout)
     c_stack = torch.stack(c_finals) if c0 is not None else None
     return x, torch.stack(h_finals), c_stack

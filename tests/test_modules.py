@@ -435,6 +435,32 @@ def test_dropout_between_layers_draws_like_torch_nn(name, bidirectional):
     assert torch.equal(loss_and_grads(ours, x)[0], without_dropout), "eval must not apply dropout"
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_dropout_on_packed_input_draws_like_torch_nn(name):
+    """With packed input torch.nn draws each mask over the packed rows (the live steps of each
+    sequence, time-major), not over the padded tensor."""
+    kwargs = dict(input_size=3, hidden_size=5, num_layers=3, dropout=0.4, bidirectional=True)
+    theirs, ours = build(name, kwargs, 83)
+    theirs.double()
+    ours.double()
+    padded = torch.randn(6, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([3, 6, 1, 4])
+
+    def loss_and_grads_packed(model):
+        x = padded.clone().requires_grad_()
+        output, finals = model(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        loss = output.data.pow(2).sum() + sum(f.sin().sum() for f in finals)
+        return [output.data.detach()] + list(torch.autograd.grad(loss, [x, *model.parameters()]))
+
+    torch.manual_seed(84)
+    ours_grads = loss_and_grads_packed(ours)
+    torch.manual_seed(84)
+    theirs_grads = loss_and_grads_packed(theirs)
+    for got, want in zip(ours_grads, theirs_grads, strict=True):
+        assert relative_error(got, want) <= 1e-10
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_nan_in_the_input_propagates_like_torch_nn(name):
     theirs, ours = build(name, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True), 90)
