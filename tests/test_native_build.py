@@ -41,7 +41,7 @@ def test_extension_is_built():
 def test_build_info():
     info = native.build_info()
     assert info["torch_version"] == torch.__version__.split("+")[0]
-    assert info["cpu_kernels"] in ("default", "avx2")
+    assert info["cpu_kernels"] in ("default", "avx2", "avx512")
     # PyTorch built with MKL exports its packed GEMM, which the CPU step loops must then find.
     assert info["cpu_gemm"] == ("mkl-packed" if torch.backends.mkl.is_available() else "aten")
     assert info["compiler"]
@@ -116,13 +116,17 @@ def test_cpp_library_loads_before_the_python_ops():
 
 
 @requires_native
-def test_portable_cpu_kernels():
-    """ATEN_CPU_CAPABILITY=default selects the portable build of the step kernels."""
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_cpu_kernels_of_lower_capabilities(capability):
+    """ATEN_CPU_CAPABILITY selects the portable or the AVX2 build of the step kernels (the test
+    process itself runs the build of this CPU's own capability)."""
+    if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
     _run_python(
-        """
+        f"""
         import torch
         from fused_rnn import native, parity
-        assert native.build_info()["cpu_kernels"] == "default", native.build_info()
+        assert native.build_info()["cpu_kernels"] == "{capability}", native.build_info()
         for cell in parity.CELLS:
             for dtype in (torch.float64, torch.float32, torch.bfloat16):
                 case = parity.Case(cell, 5, 3, 37, proj=11, lengths=True)
@@ -130,5 +134,5 @@ def test_portable_cpu_kernels():
                 limit = parity.tolerance(case, dtype)
                 assert max(errors.values()) <= limit, (case, dtype, errors, limit)
         """,
-        ATEN_CPU_CAPABILITY="default",
+        ATEN_CPU_CAPABILITY=capability,
     )

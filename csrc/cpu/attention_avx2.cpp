@@ -8,20 +8,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <type_traits>
-#include <utility>
-#include <vector>
+#include "target_region_headers.h"
 
 #include "avx2_target_begin.h"
 #include "attention_impl.h"

@@ -8,53 +8,10 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "target_region_headers.h"
 
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#endif
-
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __AVX512F__ 1
-#define __AVX512BW__ 1
-#define __AVX512VL__ 1
-#define __AVX512DQ__ 1
-#define __FMA__ 1
-#define __F16C__ 1
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#define CPU_CAPABILITY_NAME "avx512"
+#include "avx512_target_begin.h"
 #include "attention_impl.h"
-#undef __AVX__
-#undef __AVX2__
-#undef __AVX512F__
-#undef __AVX512BW__
-#undef __AVX512VL__
-#undef __AVX512DQ__
-#undef __FMA__
-#undef __F16C__
-
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "avx512_target_end.h"
 
 #endif

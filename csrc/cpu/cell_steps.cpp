@@ -8,7 +8,10 @@ const CellStepKernels& cell_step_kernels() {
   static const CellStepKernels& chosen = []() -> const CellStepKernels& {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     const std::string capability = at::get_cpu_capability();
-    if (capability == "AVX2" || capability == "AVX512") {
+    if (capability == "AVX512") {
+      return AVX512::kernels;
+    }
+    if (capability == "AVX2") {
       return AVX2::kernels;
     }
 #endif

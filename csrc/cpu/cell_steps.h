@@ -3,7 +3,8 @@
 //
 // Each step kernel is one fused pass over [B, units], vectorised with at::vec::Vectorized and
 // split across threads with at::parallel_for. The kernels are compiled once per CPU capability
-// (cell_steps_default.cpp, cell_steps_avx2.cpp); cell_step_kernels() returns the set for this CPU.
+// (cell_steps_default.cpp, cell_steps_avx2.cpp, cell_steps_avx512.cpp); cell_step_kernels()
+// returns the set for this CPU.
 //
 // Pointers: "scalar" memory has the input dtype `dtype`, "acc" memory its accumulation dtype
 // (float for bfloat16/float16, else the same). All buffers are contiguous, rows of `units` or
@@ -156,14 +157,17 @@ struct CellStepKernels {
   void (*gru_backward)(const GruBackwardStep&);
 };
 
-/// The kernels for this CPU: AVX2 where ATen's CPU capability (which honours
-/// ATEN_CPU_CAPABILITY) is AVX2 or AVX512 and they were compiled, else the portable ones.
+/// The kernels for this CPU: those of ATen's CPU capability (which honours ATEN_CPU_CAPABILITY),
+/// AVX512 or AVX2, where they were compiled, else the portable ones.
 const CellStepKernels& cell_step_kernels();
 
 namespace DEFAULT {
 extern const CellStepKernels kernels;
 }
 namespace AVX2 {
+extern const CellStepKernels kernels;
+}
+namespace AVX512 {
 extern const CellStepKernels kernels;
 }
 

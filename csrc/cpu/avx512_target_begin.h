@@ -1,0 +1,23 @@
+// Opens the AVX512 region of a kernel file compiled for AVX512 F/BW/VL/DQ through a target pragma
+// (see cell_steps_avx512.cpp): every function defined until avx512_target_end.h gets AVX512
+// instructions, and the ISA macros that at::vec and sleef.h test, which the pragma does not define,
+// are defined by hand. Include it after every header that is not capability-specific.
+// No include guard: each such file opens and closes the region once.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#endif
+
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#define CPU_CAPABILITY_NAME "avx512"
