@@ -12,6 +12,6 @@
 
 #include "avx512_target_begin.h"
 #include "attention_impl.h"
-#include "avx512_target_end.h"
+#include "target_region_end.h"
 
 #endif

@@ -15,6 +15,6 @@
 
 #include "avx2_target_begin.h"
 #include "cell_steps_impl.h"
-#include "avx2_target_end.h"
+#include "target_region_end.h"
 
 #endif

@@ -8,6 +8,6 @@
 
 #include "avx512_target_begin.h"
 #include "cell_steps_impl.h"
-#include "avx512_target_end.h"
+#include "target_region_end.h"
 
 #endif

@@ -1,4 +1,5 @@
-// Closes the region opened by avx512_target_begin.h.
+// Closes the region opened by avx2_target_begin.h or avx512_target_begin.h (undefining a macro the
+// region did not define is harmless).
 #undef __AVX__
 #undef __AVX2__
 #undef __AVX512F__
