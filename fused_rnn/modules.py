@@ -100,6 +100,17 @@ def _padded_from_packed(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     return pad_packed_sequence(PackedSequence(packed.data, packed.batch_sizes))
 
 
+def _torch_nn_output_dtype(mode: str, cell: bool, computed: Tensor, state: Tensor) -> torch.dtype:
+    """The dtype torch.nn returns where it differs from the dtype the ops computed in: under CPU
+    autocast torch.nn's GRU and its LSTM and GRU cells update the state with pointwise ops that
+    promote the autocast-dtype gates with the state's dtype (float32 unless given otherwise), while
+    its LSTM (oneDNN) and vanilla RNN stay in the autocast dtype."""
+    promotes = mode == "GRU" or (cell and mode == "LSTM")
+    if promotes and computed.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.promote_types(computed.dtype, state.dtype)
+    return computed.dtype
+
+
 class _RNNBase(_BackendMixin, nn.Module):
     """Shared machinery of LSTM, GRU and RNN (mirrors torch.nn.RNNBase without subclassing it)."""
 
@@ -307,6 +318,8 @@ class _RNNBase(_BackendMixin, nn.Module):
             self._resolved_backend(x.device),
         )
         finals = [h_n] if c_n is None else [h_n, c_n]
+        dtype = _torch_nn_output_dtype(self.mode, False, output, states[0])
+        output, finals = output.to(dtype), [s.to(dtype) for s in finals]
 
         if packed:
             data = pack_padded_sequence(output, lengths_cpu).data
@@ -443,7 +456,8 @@ class _RNNCellBase(_BackendMixin, nn.Module):
             self.mode, xw, w, b_hn, states[0], states[1] if count == 2 else None, None,
             self._resolved_backend(x.device),
         )
-        finals = [h_n] if c_n is None else [h_n, c_n]
+        dtype = _torch_nn_output_dtype(self.mode, True, h_n, states[0])
+        finals = [h_n.to(dtype)] if c_n is None else [h_n.to(dtype), c_n.to(dtype)]
         return finals if batched else [s.squeeze(0) for s in finals]
 
 

@@ -488,10 +488,11 @@ def test_long_sequence_stays_finite(name):
         assert relative_error(got, want) <= TOLERANCE[torch.float32]
 
 
-@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_autocast_runs_in_the_autocast_dtype_like_torch_nn(name):
     """Under CPU autocast (bfloat16) the modules run, forward and backward, with at most twice the
-    error torch.nn shows under the same autocast (both against torch.nn in float64)."""
+    error torch.nn shows under the same autocast (both against torch.nn in float64), and return
+    torch.nn's dtypes (float32 from GRU and the LSTM and GRU cells, whose state updates promote)."""
     kwargs = dict(input_size=3, hidden_size=33)
     if not name.endswith("Cell"):
         kwargs.update(num_layers=2, bidirectional=True)
@@ -507,7 +508,8 @@ def test_autocast_runs_in_the_autocast_dtype_like_torch_nn(name):
 
     want = run(exact, torch.float64, False)
     ours_values, theirs_values = run(ours, torch.float32, True), run(theirs, torch.float32, True)
-    assert ours_values[0].dtype == torch.bfloat16
+    promoted = name in ("GRU", "LSTMCell", "GRUCell")
+    assert ours_values[0].dtype == theirs_values[0].dtype == (torch.float32 if promoted else torch.bfloat16)
     assert all(g.dtype == torch.float32 for g in ours_values[2:]), "parameter gradients stay float32"
     for got, reference_value, expected in zip(ours_values, theirs_values, want, strict=True):
         assert relative_error(got, expected) <= 2 * relative_error(reference_value, expected)
