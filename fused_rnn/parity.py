@@ -101,18 +101,63 @@ def differentiable_inputs(cell: str, inputs: dict[str, Optional[Tensor]]) -> lis
     return ["xw", "w_hh", "b_hn", "h0"]
 
 
-def run_op(cell: str, backend: str, inputs: dict[str, Optional[Tensor]]) -> list[Tensor]:
-    """Call the forward op of `cell` -> its differentiable outputs (hs, h_n[, c_n])."""
+def op_arguments(cell: str, inputs: dict[str, Optional[Tensor]]) -> tuple[str, tuple]:
+    """The op family of `cell` ("rnn", "lstm" or "gru") and the arguments of its forward function
+    (a backend's `<family>_forward`; the custom op takes `backend` after them) from make_inputs' dict."""
     x = inputs
     if cell.startswith("rnn"):
-        return list(ops.rnn_forward(x["xw"], x["w_hh"], x["h0"], x["lengths"], cell == "rnn_relu", backend))
+        return "rnn", (x["xw"], x["w_hh"], x["h0"], x["lengths"], cell == "rnn_relu")
     if cell.startswith("lstm"):
-        hs, h_n, c_n, _, _ = ops.lstm_forward(
-            x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], backend
-        )
-        return [hs, h_n, c_n]
-    hs, h_n, _ = ops.gru_forward(x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"], backend)
-    return [hs, h_n]
+        return "lstm", (x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"])
+    return "gru", (x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"])
+
+
+def backward_arguments(
+    cell: str, inputs: dict[str, Optional[Tensor]], outputs: tuple, grads: list[Tensor]
+) -> tuple:
+    """The arguments of a backend's `<family>_backward` for `cell`, given its forward's full outputs
+    (saved tensors included) and the gradients of hs, h_n (and c_n)."""
+    x = inputs
+    if cell.startswith("rnn"):
+        return (grads[0], grads[1], x["w_hh"], x["h0"], x["lengths"], outputs[0], cell == "rnn_relu")
+    if cell.startswith("lstm"):
+        hs, _, _, cs, gates = outputs
+        return (*grads, x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], hs, cs, gates)
+    hs, _, gates = outputs
+    return (*grads, x["w_hh"], x["b_hn"], x["h0"], x["lengths"], hs, gates)
+
+
+def run_op(cell: str, backend: str, inputs: dict[str, Optional[Tensor]]) -> list[Tensor]:
+    """Call the forward op of `cell` -> its differentiable outputs (hs, h_n[, c_n])."""
+    family, args = op_arguments(cell, inputs)
+    outputs = getattr(ops, f"{family}_forward")(*args, backend)
+    return list(outputs[:3] if family == "lstm" else outputs[:2])
+
+
+def module_outputs_and_grads(
+    module: torch.nn.Module,
+    x: Tensor,
+    states: list[Tensor],
+    lengths: Optional[Tensor],
+    weights: list[Tensor],
+) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    """A recurrent module run on x (packed by `lengths` unless None) from the initial states: its
+    outputs (padded output, final states) and the gradients of sum(output_i * weights_i) with
+    respect to the input, the initial states and every parameter."""
+    x = x.detach().requires_grad_()
+    states = [s.detach().requires_grad_() for s in states]
+    batch_first = module.batch_first
+    packed = lengths is not None
+    inputs = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False) if packed else x
+    hx = tuple(states) if len(states) == 2 else states[0]
+    output, final = module(inputs, hx)
+    if packed:
+        output, _ = pad_packed_sequence(output, batch_first=batch_first)
+    finals = list(final) if isinstance(final, tuple) else [final]
+    outputs = [output] + finals
+    loss = sum((o * w.to(o)).sum() for o, w in zip(outputs, weights))
+    grads = torch.autograd.grad(loss, [x, *states, *module.parameters()])
+    return outputs, grads
 
 
 def forward_backward(

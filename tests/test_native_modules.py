@@ -9,11 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
 from fused_rnn import native
-from fused_rnn.parity import relative_error
+from fused_rnn.parity import module_outputs_and_grads, relative_error
 
 REASON = native.unavailable_reason(torch.device("cpu"))
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
@@ -33,24 +32,6 @@ MODULES = {
 }
 
 
-def _run(module, x: torch.Tensor, states: list[torch.Tensor], packed: bool, weights: list[torch.Tensor]):
-    """Outputs (padded output, final states) and gradients of a fixed random loss with respect to
-    the input, the initial states and every parameter."""
-    x = x.detach().requires_grad_()
-    states = [s.detach().requires_grad_() for s in states]
-    batch_first = module.batch_first
-    inputs = pack_padded_sequence(x, LENGTHS, batch_first=batch_first, enforce_sorted=False) if packed else x
-    hx = tuple(states) if len(states) == 2 else states[0]
-    output, final = module(inputs, hx)
-    if isinstance(output, PackedSequence):
-        output, _ = pad_packed_sequence(output, batch_first=batch_first)
-    finals = list(final) if isinstance(final, tuple) else [final]
-    outputs = [output] + finals
-    loss = sum((o * w.to(o)).sum() for o, w in zip(outputs, weights))
-    grads = torch.autograd.grad(loss, [x, *states, *module.parameters()])
-    return outputs, grads
-
-
 def _compare(name: str, dtype: torch.dtype, limit: float) -> None:
     ours_class, torch_class, keywords, packed = MODULES[name]
     torch.manual_seed(0)
@@ -68,8 +49,12 @@ def _compare(name: str, dtype: torch.dtype, limit: float) -> None:
     directions = 2 if keywords.get("bidirectional") else 1
     output_shape = (*x_shape[:2], directions * state)
     weights = [torch.randn(shape, dtype=torch.float64) for shape in [output_shape] + [s.shape for s in states]]
-    exact_outputs, exact_grads = _run(exact, x.double(), [s.double() for s in states], packed, weights)
-    our_outputs, our_grads = _run(ours, x, states, packed, weights)
+    exact_outputs, exact_grads = module_outputs_and_grads(
+        exact, x.double(), [s.double() for s in states], LENGTHS if packed else None, weights
+    )
+    our_outputs, our_grads = module_outputs_and_grads(
+        ours, x, states, LENGTHS if packed else None, weights
+    )
 
     names = ["output"] + [f"final state {i}" for i in range(len(states))]
     names += ["d_input"] + [f"d_state {i}" for i in range(len(states))] + [f"d_{n}" for n, _ in ours.named_parameters()]
@@ -101,10 +86,10 @@ def test_bfloat16_lstm_is_as_close_to_float64_as_torch_nn_in_bfloat16():
     x = torch.randn(STEPS, BATCH, INPUT).bfloat16()
     states = [torch.randn(1, BATCH, 24).bfloat16() for _ in range(2)]
     weights = [torch.randn(shape, dtype=torch.float64) for shape in [(STEPS, BATCH, 24), (1, BATCH, 24), (1, BATCH, 24)]]
-    exact_values = [v for part in _run(exact, x.double(), [s.double() for s in states], False, weights) for v in part]
+    exact_values = [v for part in module_outputs_and_grads(exact, x.double(), [s.double() for s in states], None, weights) for v in part]
 
     def errors(module) -> list[float]:
-        values = [v for part in _run(module, x, states, False, weights) for v in part]
+        values = [v for part in module_outputs_and_grads(module, x, states, None, weights) for v in part]
         return [relative_error(v, e) for v, e in zip(values, exact_values)]
 
     for index, (mine, theirs) in enumerate(zip(errors(ours), errors(low))):

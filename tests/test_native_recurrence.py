@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from fused_rnn import native, ops, reference
-from fused_rnn.parity import Case, case_errors, make_inputs, poisoned_allocations, relative_error, tolerance
+from fused_rnn.parity import (
+    Case,
+    backward_arguments,
+    case_errors,
+    make_inputs,
+    op_arguments,
+    poisoned_allocations,
+    relative_error,
+    tolerance,
+)
 
 REASON = native.unavailable_reason(torch.device("cpu"))
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
@@ -67,25 +76,6 @@ def test_parity_with_float64_reference(case, dtype):
     assert errors[worst] <= limit, f"{case} {dtype}: {worst} error {errors[worst]:.3g} > {limit:.3g}; {errors}"
 
 
-def _forward_args(cell: str, x: dict) -> tuple[str, tuple]:
-    """The function name and forward arguments of `cell` from make_inputs' dict."""
-    if cell.startswith("rnn"):
-        return "rnn", (x["xw"], x["w_hh"], x["h0"], x["lengths"], cell == "rnn_relu")
-    if cell.startswith("lstm"):
-        return "lstm", (x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"])
-    return "gru", (x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"])
-
-
-def _backward_args(cell: str, x: dict, outputs: tuple, grads: list) -> tuple:
-    if cell.startswith("rnn"):
-        return (grads[0], grads[1], x["w_hh"], x["h0"], x["lengths"], outputs[0], cell == "rnn_relu")
-    if cell.startswith("lstm"):
-        hs, _, _, cs, gates = outputs
-        return (*grads, x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], hs, cs, gates)
-    hs, _, gates = outputs
-    return (*grads, x["w_hh"], x["b_hn"], x["h0"], x["lengths"], hs, gates)
-
-
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"])
 def test_every_output_and_saved_tensor_matches_reference(cell):
     """Beyond case_errors: the saved tensors (cs, gates; zero past each row's length) and the raw
@@ -94,15 +84,15 @@ def test_every_output_and_saved_tensor_matches_reference(cell):
     case = Case(cell, 5, 5, 33, proj=9, lengths=True, seed=3)
     generator = torch.Generator().manual_seed(case.seed)
     x = make_inputs(case, generator)
-    name, forward_args = _forward_args(cell, x)
+    name, forward_args = op_arguments(cell, x)
     with poisoned():
         ours = getattr(native, f"{name}_forward")(*forward_args)
     exact = getattr(reference, f"{name}_forward")(*forward_args)
     shapes = [exact[0].shape, exact[1].shape] + ([x["c0"].shape] if name == "lstm" else [])
     grads = [torch.randn(s, generator=generator, dtype=F64) for s in shapes]
     with poisoned():
-        our_grads = getattr(native, f"{name}_backward")(*_backward_args(cell, x, ours, grads))
-    exact_grads = getattr(reference, f"{name}_backward")(*_backward_args(cell, x, exact, grads))
+        our_grads = getattr(native, f"{name}_backward")(*backward_arguments(cell, x, ours, grads))
+    exact_grads = getattr(reference, f"{name}_backward")(*backward_arguments(cell, x, exact, grads))
     for kind, values, expected in (("forward", ours, exact), ("backward", our_grads, exact_grads)):
         assert len(values) == len(expected)
         for index, (value, want) in enumerate(zip(values, expected)):
@@ -126,7 +116,7 @@ def test_inference_ops_equal_the_forward_ops(case, dtype):
     """The inference ops run the same step loop without writing cs and gates: their outputs are
     bitwise those of the forward ops, with every element written (NaN-poisoned allocations)."""
     x = {n: t if t is None or n == "lengths" else t.to(dtype) for n, t in make_inputs(case, torch.Generator().manual_seed(11)).items()}
-    name, args = _forward_args(case.cell, x)
+    name, args = op_arguments(case.cell, x)
     with poisoned():
         inference = getattr(native, f"{name}_inference")(*args)
         forward = getattr(native, f"{name}_forward")(*args)
@@ -140,7 +130,7 @@ def test_inference_ops_equal_the_forward_ops(case, dtype):
 def test_saved_cell_states_are_float32_for_bfloat16_input():
     case = Case("lstm", 4, 3, 8, lengths=True)
     x = {n: t if t is None or n == "lengths" else t.to(BF16) for n, t in make_inputs(case, torch.Generator()).items()}
-    hs, h_n, c_n, cs, gates = native.lstm_forward(*_forward_args("lstm", x)[1])
+    hs, h_n, c_n, cs, gates = native.lstm_forward(*op_arguments("lstm", x)[1])
     assert (hs.dtype, h_n.dtype, c_n.dtype, cs.dtype, gates.dtype) == (BF16, BF16, BF16, F32, BF16)
 
 

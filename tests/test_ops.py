@@ -13,7 +13,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from fused_rnn import ops, reference
-from fused_rnn.parity import CELLS, Case, make_inputs, relative_error
+from fused_rnn.parity import CELLS, Case, make_inputs, op_arguments, relative_error
 
 BACKEND = "reference"
 LENGTHS = [False, True]
@@ -224,9 +224,8 @@ def test_opcheck_half_inputs(cell):
 
 
 def call_inference(cell: str, x: dict):
-    if cell.startswith("lstm"):
-        return ops.lstm_inference(x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], BACKEND)
-    return ops.gru_inference(x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"], BACKEND)
+    family, args = op_arguments(cell, x)
+    return getattr(ops, f"{family}_inference")(*args, BACKEND)
 
 
 @pytest.mark.parametrize("with_lengths", LENGTHS, ids=["full", "lengths"])

@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, PackedSequence
 
 import fused_rnn
 from fused_rnn.backends import unavailable_reason
-from fused_rnn.parity import relative_error
+from fused_rnn.parity import module_outputs_and_grads, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REASON = unavailable_reason("triton", DEVICE)
@@ -28,24 +27,6 @@ MODULES = {
     "rnn-relu-2layers-batch-first": (fused_rnn.RNN, nn.RNN, {"hidden_size": 9, "num_layers": 2, "nonlinearity": "relu", "batch_first": True}, False),
     "rnn-tanh-bidirectional-no-bias": (fused_rnn.RNN, nn.RNN, {"hidden_size": 9, "bias": False, "bidirectional": True}, False),
 }
-
-
-def _run(module, x: torch.Tensor, states: list[torch.Tensor], packed: bool, weights: list[torch.Tensor]):
-    """Outputs (padded output, final states) and gradients of a fixed random loss with respect to
-    the input, the initial states and every parameter."""
-    x = x.detach().requires_grad_()
-    states = [s.detach().requires_grad_() for s in states]
-    batch_first = module.batch_first
-    inputs = pack_padded_sequence(x, LENGTHS, batch_first=batch_first, enforce_sorted=False) if packed else x
-    hx = tuple(states) if len(states) == 2 else states[0]
-    output, final = module(inputs, hx)
-    if isinstance(output, PackedSequence):
-        output, _ = pad_packed_sequence(output, batch_first=batch_first)
-    finals = list(final) if isinstance(final, tuple) else [final]
-    outputs = [output] + finals
-    loss = sum((o * w.to(o)).sum() for o, w in zip(outputs, weights))
-    grads = torch.autograd.grad(loss, [x, *states, *module.parameters()])
-    return outputs, grads
 
 
 @pytest.mark.parametrize("name", list(MODULES))
@@ -66,8 +47,12 @@ def test_module_gradients_match_torch_nn_in_float64(name):
     directions = 2 if keywords.get("bidirectional") else 1
     output_shape = (*x_shape[:2], directions * state)
     weights = [torch.randn(shape, dtype=torch.float64) for shape in [output_shape] + [s.shape for s in states]]
-    exact_outputs, exact_grads = _run(exact, x.double(), [s.double() for s in states], packed, weights)
-    our_outputs, our_grads = _run(ours, x.to(DEVICE), [s.to(DEVICE) for s in states], packed, weights)
+    exact_outputs, exact_grads = module_outputs_and_grads(
+        exact, x.double(), [s.double() for s in states], LENGTHS if packed else None, weights
+    )
+    our_outputs, our_grads = module_outputs_and_grads(
+        ours, x.to(DEVICE), [s.to(DEVICE) for s in states], LENGTHS if packed else None, weights
+    )
 
     names = ["output"] + [f"final state {i}" for i in range(len(states))]
     names += ["d_input"] + [f"d_state {i}" for i in range(len(states))] + [f"d_{n}" for n, _ in ours.named_parameters()]

@@ -15,7 +15,16 @@ import torch
 
 from fused_rnn import ops, reference
 from fused_rnn.backends import get_backend, unavailable_reason
-from fused_rnn.parity import Case, case_errors, make_inputs, poisoned_allocations, relative_error, tolerance
+from fused_rnn.parity import (
+    Case,
+    backward_arguments,
+    case_errors,
+    make_inputs,
+    op_arguments,
+    poisoned_allocations,
+    relative_error,
+    tolerance,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REASON = unavailable_reason("triton", DEVICE)
@@ -58,25 +67,6 @@ def test_parity_with_float64_reference(case, dtype):
     _assert_parity(case, dtype)
 
 
-def _op_arguments(cell: str, x: dict) -> tuple[str, tuple]:
-    """The backend function name and the forward arguments of `cell` from make_inputs' dict."""
-    if cell.startswith("rnn"):
-        return "rnn", (x["xw"], x["w_hh"], x["h0"], x["lengths"], cell == "rnn_relu")
-    if cell.startswith("lstm"):
-        return "lstm", (x["xw"], x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"])
-    return "gru", (x["xw"], x["w_hh"], x["b_hn"], x["h0"], x["lengths"])
-
-
-def _backward_arguments(cell: str, x: dict, outputs: tuple, grads: list) -> tuple:
-    if cell.startswith("rnn"):
-        return (grads[0], grads[1], x["w_hh"], x["h0"], x["lengths"], outputs[0], cell == "rnn_relu")
-    if cell.startswith("lstm"):
-        hs, _, _, cs, gates = outputs
-        return (*grads, x["w_hh"], x["w_hr"], x["h0"], x["c0"], x["lengths"], hs, cs, gates)
-    hs, _, gates = outputs
-    return (*grads, x["w_hh"], x["b_hn"], x["h0"], x["lengths"], hs, gates)
-
-
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"])
 def test_every_output_and_saved_tensor_matches_reference(cell):
     """Beyond parity.case_errors (outputs and input gradients): the saved tensors (cs, gates, zero
@@ -88,8 +78,8 @@ def test_every_output_and_saved_tensor_matches_reference(cell):
     exact = {n: t if t is None or n == "lengths" else t.float().double() for n, t in inputs.items()}
     ours = {n: t if t is None or n == "lengths" else t.to(DEVICE, F32) for n, t in inputs.items()}
     ours["lengths"] = None if inputs["lengths"] is None else inputs["lengths"].to(DEVICE)
-    name, exact_args = _op_arguments(cell, exact)
-    _, our_args = _op_arguments(cell, ours)
+    name, exact_args = op_arguments(cell, exact)
+    _, our_args = op_arguments(cell, ours)
     backend = get_backend("triton")
     with poisoned_allocations():
         our_outputs = getattr(backend, f"{name}_forward")(*our_args)
@@ -98,9 +88,9 @@ def test_every_output_and_saved_tensor_matches_reference(cell):
     grads = [torch.randn(s, generator=generator, dtype=torch.float64) for s in state_shapes]
     with poisoned_allocations():
         our_grads = getattr(backend, f"{name}_backward")(
-            *_backward_arguments(cell, ours, our_outputs, [g.to(DEVICE, F32) for g in grads])
+            *backward_arguments(cell, ours, our_outputs, [g.to(DEVICE, F32) for g in grads])
         )
-    exact_grads = getattr(reference, f"{name}_backward")(*_backward_arguments(cell, exact, exact_outputs, grads))
+    exact_grads = getattr(reference, f"{name}_backward")(*backward_arguments(cell, exact, exact_outputs, grads))
     for kind, values, expected in (("forward", our_outputs, exact_outputs), ("backward", our_grads, exact_grads)):
         assert len(values) == len(expected)
         for index, (value, want) in enumerate(zip(values, expected)):
@@ -119,7 +109,7 @@ def test_inference_functions_equal_the_forward_functions(case):
     inputs = make_inputs(case, torch.Generator().manual_seed(case.seed))
     args = {n: t if t is None or n == "lengths" else t.to(DEVICE, F32) for n, t in inputs.items()}
     args["lengths"] = None if inputs["lengths"] is None else inputs["lengths"].to(DEVICE)
-    name, our_args = _op_arguments(case.cell, args)
+    name, our_args = op_arguments(case.cell, args)
     backend = get_backend("triton")
     with poisoned_allocations():
         inference = getattr(backend, f"{name}_inference")(*our_args)
