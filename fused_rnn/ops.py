@@ -276,6 +276,16 @@ def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
     return torch.empty_like(xw), torch.empty_like(hs), torch.empty_like(h0)
 
 
+def _run_inference(backend: str, family: str, args: list, outputs: int) -> tuple[Tensor, ...]:
+    """The backend's `<family>_inference` on args, or, for a backend without one, the first
+    `outputs` outputs of its `<family>_forward`."""
+    implementation = get_backend(backend)
+    inference = getattr(implementation, f"{family}_inference", None)
+    if inference is not None:
+        return inference(*args)
+    return getattr(implementation, f"{family}_forward")(*args)[:outputs]
+
+
 @torch.library.custom_op("fused_rnn::lstm_inference", mutates_args=())
 def lstm_inference(
     xw: Tensor,
@@ -289,11 +299,7 @@ def lstm_inference(
     """lstm_forward without cs and gates: -> hs [T, B, P], h_n [B, P], c_n [B, H]."""
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    args = contiguous(xw, w_hh, w_hr, h0, c0, lengths)
-    implementation = get_backend(backend)
-    if hasattr(implementation, "lstm_inference"):
-        return implementation.lstm_inference(*args)
-    return implementation.lstm_forward(*args)[:3]
+    return _run_inference(backend, "lstm", contiguous(xw, w_hh, w_hr, h0, c0, lengths), outputs=3)
 
 
 @lstm_inference.register_fake
@@ -314,11 +320,7 @@ def gru_inference(
     """gru_forward without gates: -> hs [T, B, H], h_n [B, H]."""
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    args = contiguous(xw, w_hh, b_hn, h0, lengths)
-    implementation = get_backend(backend)
-    if hasattr(implementation, "gru_inference"):
-        return implementation.gru_inference(*args)
-    return implementation.gru_forward(*args)[:2]
+    return _run_inference(backend, "gru", contiguous(xw, w_hh, b_hn, h0, lengths), outputs=2)
 
 
 @gru_inference.register_fake
