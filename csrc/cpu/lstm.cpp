@@ -20,17 +20,12 @@ constexpr const char* kForward = "fused_rnn::native_lstm_forward";
 constexpr const char* kInference = "fused_rnn::native_lstm_inference";
 constexpr const char* kBackward = "fused_rnn::native_lstm_backward";
 
-/// The outputs of one forward pass; cs and gates are undefined when it saves nothing for backward.
-struct LstmOutputs {
-  Tensor hs, h_n, c_n, cs, gates;
-};
-
 /// xw [T, B, 4H], w_hh [4H, P], w_hr [P, H] or None, h0 [B, P], c0 [B, H], lengths [B]
 /// -> hs [T, B, P], h_n [B, P], c_n [B, H] and, when `save`, cs [T, B, H] (accumulation dtype)
-///    and gates [T, B, 4H] (activated i, f, g, o) for the backward pass.
-LstmOutputs run_lstm_forward(const char* op, const Tensor& xw_arg, const Tensor& w_hh,
-                             const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
-                             const std::optional<Tensor>& lengths_arg, bool save) {
+///    and gates [T, B, 4H] (activated i, f, g, o) for the backward pass (undefined otherwise).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_lstm_forward(
+    const char* op, const Tensor& xw_arg, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_arg, bool save) {
   const RecurrenceSizes n = check_lstm_forward(op, xw_arg, w_hh, w_hr, h0, c0, lengths_arg);
   const Lengths lengths(op, lengths_arg, n.steps);
   const Tensor xw = xw_arg.contiguous();
@@ -77,8 +72,7 @@ LstmOutputs run_lstm_forward(const char* op, const Tensor& xw_arg, const Tensor&
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& xw, const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0,
     const Tensor& c0, const std::optional<Tensor>& lengths) {
-  LstmOutputs out = run_lstm_forward(kForward, xw, w_hh, w_hr, h0, c0, lengths, /*save=*/true);
-  return {out.hs, out.h_n, out.c_n, out.cs, out.gates};
+  return run_lstm_forward(kForward, xw, w_hh, w_hr, h0, c0, lengths, /*save=*/true);
 }
 
 /// The forward pass without the tensors saved for backward: -> hs, h_n, c_n.
@@ -86,8 +80,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& xw, const Tensor
                                                   const std::optional<Tensor>& w_hr,
                                                   const Tensor& h0, const Tensor& c0,
                                                   const std::optional<Tensor>& lengths) {
-  LstmOutputs out = run_lstm_forward(kInference, xw, w_hh, w_hr, h0, c0, lengths, /*save=*/false);
-  return {out.hs, out.h_n, out.c_n};
+  auto [hs, h_n, c_n, cs, gates] =
+      run_lstm_forward(kInference, xw, w_hh, w_hr, h0, c0, lengths, /*save=*/false);
+  return {hs, h_n, c_n};
 }
 
 /// grad_hs [T, B, P], grad_h_n [B, P], grad_c_n [B, H]
