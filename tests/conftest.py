@@ -2,6 +2,9 @@
 
 Triton reads TRITON_INTERPRET when its kernels are defined, so it is set here, before any test
 imports fused_rnn's Triton backend: without a GPU the Triton kernels run in the interpreter.
+
+Tests that need a CUDA device carry the `cuda` marker (pyproject.toml): they are collected on every
+machine and skipped, with that reason, where torch sees no CUDA device.
 """
 
 import os
@@ -12,6 +15,15 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -56,7 +56,7 @@ def test_triton_half_precision_parity_in_interpreter(score, dtype):
     assert max(errors.values()) <= limit, (errors, limit)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("score", SCORES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)

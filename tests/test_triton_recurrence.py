@@ -29,7 +29,6 @@ from fused_rnn.parity import (
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REASON = unavailable_reason("triton", DEVICE)
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
@@ -147,14 +146,14 @@ def test_backward_checks_name_the_argument():
 GPU_CASES = [c for c, _ in CASES] + [Case("lstm", 33, 40, 256, lengths=True), Case("gru", 17, 70, 130, lengths=True)]
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 def test_parity_on_cuda(case, dtype):
     _assert_parity(case, dtype)
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_persistent_mode_parity_at_1024_steps(cell, dtype, monkeypatch):
@@ -167,7 +166,7 @@ def test_persistent_mode_parity_at_1024_steps(cell, dtype, monkeypatch):
     _assert_parity(case, dtype)
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("persistent", ["0", "1"])
 def test_repeated_runs_are_bitwise_identical(persistent, monkeypatch):
     from fused_rnn.parity import forward_backward, make_inputs
