@@ -62,3 +62,47 @@ def test_api_layer_compiles_against_torch_headers(source, tmp_path):
         includes = [*includes, str(tmp_path)]
     flags = [f"-I{path}" for path in [*includes, sysconfig.get_paths()["include"]]]
     _compile(["-std=c++20", "-x", "c++", *flags, "-c", source, "-o", str(tmp_path / "out.o")], str(tmp_path))
+
+
+TOOLCHAIN_PROBE = r"""
+#include <cuda_fp16.h>
+#include <mma.h>
+template <int N> __global__ void shared_copy(float* x) {
+  __shared__ float s[N]; int i = threadIdx.x; s[i] = x[i]; __syncthreads(); x[i] = s[(i + 1) % N];
+}
+template __global__ void shared_copy<128>(float*);
+__global__ void local_array(float* x, int k) {
+  float a[256]; for (int i = 0; i < 256; ++i) a[i] = x[i]; a[k & 255] = 0.f; for (int i = 0; i < 256; ++i) x[i] = a[i];
+}
+__global__ void tensor_core(const half* a, const half* b, float* c) {
+  using namespace nvcuda::wmma;
+  fragment<matrix_a, 16, 16, 16, half, row_major> fa;
+  fragment<matrix_b, 16, 16, 16, half, col_major> fb;
+  fragment<accumulator, 16, 16, 16, float> fc;
+  fill_fragment(fc, 0.f); load_matrix_sync(fa, a, 16); load_matrix_sync(fb, b, 16);
+  mma_sync(fc, fa, fb, fc); store_matrix_sync(c, fc, 16, mem_row_major);
+}
+"""
+
+
+def test_toolchain_reads_resources_and_sass(tmp_path):
+    """tests/cuda_toolchain.py, which the kernel gates rely on, reads what it claims: shared memory,
+    a stack frame, barriers, demangled template names, and HMMA in the SASS."""
+    from cuda_toolchain import CUOBJDUMP, compile_cu, disassemble, instructions
+
+    source = tmp_path / "probe.cu"
+    source.write_text(TOOLCHAIN_PROBE)
+    report = compile_cu(source, tmp_path, archs=("90a", "80"))
+    assert len(report.kernels) == 6
+    (shared,) = report.find("shared_copy<128>", "sm_90a")
+    assert (shared.shared_bytes, shared.barriers, shared.stack_bytes) == (512, 1, 0)
+    (local,) = report.find("local_array", "sm_90a")
+    assert local.stack_bytes >= 1024
+    if CUOBJDUMP is None:
+        pytest.skip("no cuobjdump (neither in the CUDA toolkit nor in the triton wheel)")
+    sass = disassemble(report.object_path, "sm_90a")
+    assert len(sass) == 3 and disassemble(report.object_path, "sm_80").keys() == sass.keys()
+    (tensor_core,) = [text for name, text in sass.items() if name.startswith("tensor_core")]
+    assert any(op.startswith("HMMA") for op in instructions(tensor_core))
+    (local_sass,) = [text for name, text in sass.items() if name.startswith("local_array")]
+    assert any(op.startswith(("STL", "LDL")) for op in instructions(local_sass))
