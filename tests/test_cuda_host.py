@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,39 +25,25 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+from cuda_plans import (
+    BF16_MMA, CUDA_DIR, CXX, F16_MMA, F32_FMA, F64_FMA, GLOBAL, JUDGED_BATCH, JUDGED_HIDDEN, REGISTERS, SHARED,
+    TF32_MMA, build_plan_report, plans, run,
+)
 
 from fused_rnn import reference
 from fused_rnn.parity import GATE_COUNT, Case, make_inputs, relative_error
 
-ROOT = Path(__file__).resolve().parent.parent
-CUDA_DIR = ROOT / "csrc" / "cuda"
 NVCC = shutil.which("nvcc")
-CXX = shutil.which("g++") or shutil.which("c++")
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
-BF16_MMA, F16_MMA, TF32_MMA, F32_FMA, F64_FMA = range(5)
 MATH_DTYPE = {BF16_MMA: BF16, F16_MMA: F16, TF32_MMA: F32, F32_FMA: F32, F64_FMA: F64}
-REGISTERS, SHARED, GLOBAL = range(3)
-CELL_KIND = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 1, "gru": 2}
-
-JUDGED_BATCH = (1, 8, 16, 64, 256)
-JUDGED_HIDDEN = (256, 512, 768, 1024)
-
-
-def _run(command: list[str], cwd: Path, stdin: str = "") -> str:
-    result = subprocess.run(command, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}{result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def plan_report(tmp_path_factory) -> Path:
     if CXX is None:
         pytest.skip("no C++ compiler")
-    out = tmp_path_factory.mktemp("planner") / "plan_report"
-    _run([CXX, "-std=c++17", "-O2", "-o", str(out), str(CUDA_DIR / "tests" / "plan_report.cpp"),
-          str(CUDA_DIR / "recurrence_planner.cpp")], ROOT)
-    return out
+    return build_plan_report(tmp_path_factory.mktemp("planner"))
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +51,9 @@ def emulator(tmp_path_factory) -> Path:
     if NVCC is None:
         pytest.skip("nvcc is not installed")
     out = tmp_path_factory.mktemp("emulator") / "recurrence_emulator"
-    _run([NVCC, "-std=c++17", "-O2", "-o", str(out), str(CUDA_DIR / "tests" / "recurrence_emulator.cu"),
-          str(CUDA_DIR / "recurrence_planner.cpp")], ROOT)
+    run([NVCC, "-std=c++17", "-O2", "-o", str(out), str(CUDA_DIR / "tests" / "recurrence_emulator.cu"),
+         str(CUDA_DIR / "recurrence_planner.cpp")])
     return out
-
-
-def plans(program: Path, problems: list[tuple]) -> list[dict]:
-    """(device, cell kind, direction, math, B, H, P, projected) -> the planner's plans."""
-    lines = "".join(" ".join(str(int(v) if isinstance(v, bool) else v) for v in p) + "\n" for p in problems)
-    return [json.loads(line) for line in _run([str(program)], ROOT, lines).splitlines()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +143,7 @@ def test_fragment_layouts_and_packing(emulator):
     """The permuted k order of the A and B fragments is one permutation consistent with the PTX
     layouts, a tile multiplied through it is the plain product, and packing covers each weight of a
     block's slice exactly once (every catalogue entry, several shapes)."""
-    assert _run([str(emulator), "check"], ROOT).strip() == "ok"
+    assert run([str(emulator), "check"]).strip() == "ok"
 
 
 @dataclass(frozen=True)
@@ -243,7 +222,7 @@ def _emulate(emulator: Path, case: Emulated, directory: Path, tensors: dict[str,
     for name, tensor in tensors.items():
         if tensor is not None:
             _write(directory, name, tensor)
-    report = json.loads(_run([str(emulator), "run", str(directory)], ROOT))
+    report = json.loads(run([str(emulator), "run", str(directory)]))
     assert report["planned"], f"{case}: the forced plan does not fit"
     return {name: _read(directory, name, dtype, shape) for name, (dtype, shape) in outputs.items()}, report
 

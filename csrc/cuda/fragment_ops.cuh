@@ -16,10 +16,9 @@ namespace fused_rnn::cuda {
 template <Math M>
 struct FragmentOps;
 
-/// m16n8k16 with bf16 or f16 operands, float32 accumulation.
-template <Math M>
-struct HalfMmaOps {
-  using Operand = typename MathTypes<M>::Operand;
+/// The tensor-core fragments: A is 4 registers a lane, packed in lane order (16 bytes a lane);
+/// B is 2 registers.
+struct MmaRegisters {
   struct A {
     uint32_t r[4];
   };
@@ -27,12 +26,18 @@ struct HalfMmaOps {
     uint32_t r[2];
   };
 
-  /// The lane's 8 operands of the fragment at `fragment` (packed in lane order).
-  static __device__ __forceinline__ A load_a(const Operand* fragment, int lane, bool global) {
-    const uint4* at = reinterpret_cast<const uint4*>(fragment) + lane;
+  /// The lane's registers of the packed fragment at `fragment` (global: read-only cached load).
+  static __device__ __forceinline__ A load_a(const void* fragment, int lane, bool global) {
+    const uint4* at = static_cast<const uint4*>(fragment) + lane;
     const uint4 v = global ? __ldg(at) : *at;
     return {{v.x, v.y, v.z, v.w}};
   }
+};
+
+/// m16n8k16 with bf16 or f16 operands, float32 accumulation.
+template <Math M>
+struct HalfMmaOps : MmaRegisters {
+  using Operand = typename MathTypes<M>::Operand;
 
   /// The 4 contiguous k values of one slab row (b_element_position).
   static __device__ __forceinline__ B load_b(const unsigned char* slab, int row_bytes, int64_t k0, int lane) {
@@ -65,20 +70,8 @@ struct FragmentOps<Math::kF16Mma> : HalfMmaOps<Math::kF16Mma> {};
 
 /// m16n8k8 with tf32 operands (float32 storage, rounded when written), float32 accumulation.
 template <>
-struct FragmentOps<Math::kTf32Mma> {
+struct FragmentOps<Math::kTf32Mma> : MmaRegisters {
   using Operand = float;
-  struct A {
-    uint32_t r[4];
-  };
-  struct B {
-    uint32_t r[2];
-  };
-
-  static __device__ __forceinline__ A load_a(const Operand* fragment, int lane, bool global) {
-    const uint4* at = reinterpret_cast<const uint4*>(fragment) + lane;
-    const uint4 v = global ? __ldg(at) : *at;
-    return {{v.x, v.y, v.z, v.w}};
-  }
 
   /// The 2 contiguous k values of one slab row (b_element_position).
   static __device__ __forceinline__ B load_b(const unsigned char* slab, int row_bytes, int64_t k0, int lane) {

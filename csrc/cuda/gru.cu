@@ -6,10 +6,6 @@
 namespace fused_rnn::cuda {
 namespace {
 
-ProblemShape problem_of(const RecurrenceShape& shape, DType dtype, bool allow_tf32, Direction direction) {
-  return {CellKind::kGru, direction, math_for(dtype, allow_tf32), shape.batch, shape.hidden, shape.state, false};
-}
-
 template <Math M>
 ForwardArgs<GruCell, M> forward_args(const GruForwardParams& p) {
   using S = typename MathTypes<M>::Storage;
@@ -45,29 +41,25 @@ BackwardArgs<GruCell, M> backward_args(const GruBackwardParams& p) {
 }  // namespace
 
 WorkspaceLayout gru_forward_workspace(const GruForwardParams& p) {
-  return planned_workspace(problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kForward));
+  return planned_workspace(problem_for(CellKind::kGru, Direction::kForward, p));
 }
 
 WorkspaceLayout gru_backward_workspace(const GruBackwardParams& p) {
-  return planned_workspace(problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kBackward));
+  return planned_workspace(problem_for(CellKind::kGru, Direction::kBackward, p));
 }
 
 cudaError_t launch_gru_forward(const GruForwardParams& p, void* workspace, int64_t begin, int64_t end,
                                cudaStream_t stream) {
-  const ProblemShape problem = problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kForward);
-  return with_math(problem.math, [&](auto math) {
-    return run_pass<ForwardPass<GruCell, math.value>>(forward_args<math.value>(p), problem, p.shape.steps,
-                                                       workspace, begin, end, stream);
-  });
+  return launch_op<ForwardPass, GruCell>(
+      problem_for(CellKind::kGru, Direction::kForward, p), p.shape.steps,
+      [&](auto math) { return forward_args<decltype(math)::value>(p); }, workspace, begin, end, stream);
 }
 
 cudaError_t launch_gru_backward(const GruBackwardParams& p, void* workspace, int64_t begin, int64_t end,
                                 cudaStream_t stream) {
-  const ProblemShape problem = problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kBackward);
-  return with_math(problem.math, [&](auto math) {
-    return run_pass<BackwardPass<GruCell, math.value>>(backward_args<math.value>(p), problem, p.shape.steps,
-                                                        workspace, begin, end, stream);
-  });
+  return launch_op<BackwardPass, GruCell>(
+      problem_for(CellKind::kGru, Direction::kBackward, p), p.shape.steps,
+      [&](auto math) { return backward_args<decltype(math)::value>(p); }, workspace, begin, end, stream);
 }
 
 }  // namespace fused_rnn::cuda

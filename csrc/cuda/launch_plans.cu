@@ -1,5 +1,7 @@
 #include "launch_plans.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -38,19 +40,45 @@ const DeviceDescription& description(int device) {
   return found->second;
 }
 
+/// FUSED_RNN_CUDA_REGIME as a regime index, or -1.
+int regime_from_environment() {
+  const char* value = std::getenv("FUSED_RNN_CUDA_REGIME");
+  if (value == nullptr) {
+    return -1;
+  }
+  const char* names[] = {"registers", "shared", "global"};
+  for (int regime = 0; regime < 3; ++regime) {
+    if (std::strcmp(value, names[regime]) == 0) {
+      return regime;
+    }
+  }
+  return -1;
+}
+
+bool step_launches_from_environment() {
+  const char* value = std::getenv("FUSED_RNN_CUDA_STEP_LAUNCHES");
+  return value != nullptr && std::strcmp(value, "1") == 0;
+}
+
 }  // namespace
 
 DevicePlan current_plan(const ProblemShape& problem) {
   int device = 0;
   (void)cudaGetDevice(&device);
-  using Key = std::tuple<int, int, int, int, int64_t, int64_t, int64_t, bool>;
+  const int regime = regime_from_environment();
+  const bool step_launches = step_launches_from_environment();
+  using Key = std::tuple<int, int, int, int, int64_t, int64_t, int64_t, bool, int, bool>;
   static std::map<Key, RecurrencePlan> plans;
-  const Key key{device, static_cast<int>(problem.cell), static_cast<int>(problem.direction),
-                static_cast<int>(problem.math), problem.batch, problem.hidden, problem.state, problem.projected};
+  const Key key{device,         static_cast<int>(problem.cell), static_cast<int>(problem.direction),
+                static_cast<int>(problem.math), problem.batch, problem.hidden, problem.state, problem.projected,
+                regime,         step_launches};
   const std::lock_guard<std::mutex> lock(cache_mutex);
   auto found = plans.find(key);
   if (found == plans.end()) {
-    found = plans.emplace(key, plan_recurrence(problem, description(device))).first;
+    const Regime only = static_cast<Regime>(regime);
+    RecurrencePlan plan = plan_recurrence(problem, description(device), regime < 0 ? nullptr : &only);
+    plan.persistent = plan.persistent && !step_launches;
+    found = plans.emplace(key, plan).first;
   }
   return {device, found->second};
 }

@@ -2,6 +2,11 @@
 // per device), the plan of each problem shape (once per device, cell, direction, math, B, H, P),
 // and whether a kernel's grid can be resident at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor,
 // once per kernel, device and shared-memory size). Thread-safe.
+//
+// Two environment variables, read at every call, steer the plans for tests and experiments:
+//   FUSED_RNN_CUDA_REGIME=registers|shared|global   plan only engines of that regime (when the
+//                                                   problem has one)
+//   FUSED_RNN_CUDA_STEP_LAUNCHES=1                  one launch per phase, never the cooperative one
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -9,20 +9,6 @@
 namespace fused_rnn::cuda {
 namespace {
 
-ProblemShape problem_of(const RecurrenceShape& shape, DType dtype, bool allow_tf32, Direction direction,
-                        bool projected) {
-  return {CellKind::kLstm, direction, math_for(dtype, allow_tf32 && !projected),
-          shape.batch,     shape.hidden, shape.state, projected};
-}
-
-ProblemShape forward_problem(const LstmForwardParams& p) {
-  return problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kForward, p.w_hr != nullptr);
-}
-
-ProblemShape backward_problem(const LstmBackwardParams& p) {
-  return problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kBackward, p.w_hr != nullptr);
-}
-
 template <Math M>
 ForwardArgs<LstmCell, M> forward_args(const LstmForwardParams& p) {
   using S = typename MathTypes<M>::Storage;
@@ -66,28 +52,26 @@ BackwardArgs<LstmCell, M> backward_args(const LstmBackwardParams& p) {
 
 }  // namespace
 
-WorkspaceLayout lstm_forward_workspace(const LstmForwardParams& p) { return planned_workspace(forward_problem(p)); }
+WorkspaceLayout lstm_forward_workspace(const LstmForwardParams& p) {
+  return planned_workspace(problem_for(CellKind::kLstm, Direction::kForward, p, p.w_hr != nullptr));
+}
 
 WorkspaceLayout lstm_backward_workspace(const LstmBackwardParams& p) {
-  return planned_workspace(backward_problem(p));
+  return planned_workspace(problem_for(CellKind::kLstm, Direction::kBackward, p, p.w_hr != nullptr));
 }
 
 cudaError_t launch_lstm_forward(const LstmForwardParams& p, void* workspace, int64_t begin, int64_t end,
-                                cudaStream_t stream) {
-  const ProblemShape problem = forward_problem(p);
-  return with_math(problem.math, [&](auto math) {
-    return run_pass<ForwardPass<LstmCell, math.value>>(forward_args<math.value>(p), problem, p.shape.steps,
-                                                        workspace, begin, end, stream);
-  });
+                               cudaStream_t stream) {
+  return launch_op<ForwardPass, LstmCell>(
+      problem_for(CellKind::kLstm, Direction::kForward, p, p.w_hr != nullptr), p.shape.steps,
+      [&](auto math) { return forward_args<decltype(math)::value>(p); }, workspace, begin, end, stream);
 }
 
 cudaError_t launch_lstm_backward(const LstmBackwardParams& p, void* workspace, int64_t begin, int64_t end,
-                                 cudaStream_t stream) {
-  const ProblemShape problem = backward_problem(p);
-  return with_math(problem.math, [&](auto math) {
-    return run_pass<BackwardPass<LstmCell, math.value>>(backward_args<math.value>(p), problem, p.shape.steps,
-                                                         workspace, begin, end, stream);
-  });
+                                cudaStream_t stream) {
+  return launch_op<BackwardPass, LstmCell>(
+      problem_for(CellKind::kLstm, Direction::kBackward, p, p.w_hr != nullptr), p.shape.steps,
+      [&](auto math) { return backward_args<decltype(math)::value>(p); }, workspace, begin, end, stream);
 }
 
 }  // namespace fused_rnn::cuda

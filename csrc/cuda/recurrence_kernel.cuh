@@ -161,7 +161,7 @@ struct ProductEngine {
           for (int i = 0; i < 4; ++i) {
             const CPosition at = c_element_position(lane, i);
             const int row = (wm * kMTiles + m) * 16 + at.row;
-            partials[(wk * g.rows_per_block + row) * g.partial_row_stride + n * 8 + at.column] = acc[m][n][i];
+            partials[partial_index(g, wk, row, n * 8 + at.column)] = acc[m][n][i];
           }
         }
       }
@@ -201,12 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   Engine engine;
   engine.init(packed_slice, shared_weights, g, wm, wk, lane);
-  const int carried = g.carries * slice.units * slice.rows;
-  for (int i = tid; i < carried; i += kThreads) {
-    const int c = i / (slice.units * slice.rows), u = i / slice.rows % slice.units, r = i % slice.rows;
-    carries[c * carry_stride + u * g.batch_per_block + r] =
-        args.carries[(c * g.batch + slice.row0 + r) * g.hidden + slice.unit0 + u];
-  }
+  move_carries(g, slice, carries, args.carries, /*to_shared=*/true, tid, kThreads);
   __syncthreads();
 
   const int row_bytes = g.slab_row_bytes;
@@ -287,16 +282,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           Accumulator values[Pass::kProducts];
 #pragma unroll
           for (int i = 0; i < Pass::kProducts; ++i) {
-            values[i] = Accumulator(0);
-            if (product) {
-              const int row = Pass::product_row(g, i, u);
-              for (int w = 0; w < g.warps_k; ++w) {
-                values[i] += partials[(w * g.rows_per_block + row) * g.partial_row_stride + column];
-              }
-            }
+            values[i] = product ? sum_partials(partials, g, Pass::product_row(g, i, u), column) : Accumulator(0);
           }
           Pass::finish(args, g, phase, slice.unit0 + u, slice.row0 + group * kGroupColumns + column, inputs[p],
-                       values, carries + u * g.batch_per_block + group * kGroupColumns + column, carry_stride);
+                       values, carries + shared_carry_index(g, 0, u, group * kGroupColumns + column), carry_stride);
         }
       }
     }
@@ -306,41 +295,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   __syncthreads();
-  for (int i = tid; i < carried; i += kThreads) {
-    const int c = i / (slice.units * slice.rows), u = i / slice.rows % slice.units, r = i % slice.rows;
-    args.carries[(c * g.batch + slice.row0 + r) * g.hidden + slice.unit0 + u] =
-        carries[c * carry_stride + u * g.batch_per_block + r];
-  }
+  move_carries(g, slice, carries, args.carries, /*to_shared=*/false, tid, kThreads);
 }
 
-/// Fills the packed weight slices of every unit slice (one element per thread and loop step).
+/// pack_weights (recurrence_passes.h), a grid-stride loop.
 template <typename Pass>
 __global__ void pack_weights_kernel(const typename Pass::Args args, const RecurrenceGeometry g) {
-  constexpr int64_t kSlots = fragment_elements(Pass::kMath);
-  const int64_t per_slice = g.fragments_per_slice * kSlots;
-  const int64_t total = g.unit_slices * per_slice;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t slice = i / per_slice;
-    args.packed[i] = Pass::packed_weight(args, g, slice, packed_weight_position<Pass::kMath>(g, i % per_slice));
-  }
+  pack_weights<Pass>(args, g, blockIdx.x * int64_t{blockDim.x} + threadIdx.x, int64_t{gridDim.x} * blockDim.x);
 }
 
-/// The carried state before the first phase and (forward) exchange slot 0 = h0; the ring is zero.
+/// prepare_workspace (recurrence_passes.h), a grid-stride loop; the ring is zeroed before.
 template <typename Pass>
 __global__ void prepare_kernel(const typename Pass::Args args, const RecurrenceGeometry g) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  const int64_t carried = g.carries * g.batch * g.hidden;
-  for (int64_t i = first; i < carried; i += stride) {
-    const int c = static_cast<int>(i / (g.batch * g.hidden));
-    args.carries[i] = Pass::initial_carry(args, g, c, i / g.hidden % g.batch, i % g.hidden);
-  }
-  if constexpr (Pass::kDirection == Direction::kForward) {
-    for (int64_t i = first; i < g.batch * g.state; i += stride) {
-      const int64_t row = i / g.state, k = i % g.state;
-      args.ring[row * g.k_pad + k] = Pass::initial_exchange(args, g, row, k);
-    }
-  }
+  prepare_workspace<Pass>(args, g, blockIdx.x * int64_t{blockDim.x} + threadIdx.x, int64_t{gridDim.x} * blockDim.x);
 }
 
 }  // namespace fused_rnn::cuda

@@ -26,6 +26,14 @@ cudaError_t with_math(Math math, Body&& body) {
   return cudaErrorInvalidValue;
 }
 
+/// The problem of one op call from its params (shape, dtype, allow_tf32). With a projection the
+/// product reads a state the caller wrote, not rounded to tf32: float32 then runs exact FMA.
+template <typename Params>
+ProblemShape problem_for(CellKind cell, Direction direction, const Params& p, bool projected = false) {
+  return {cell, direction, math_for(p.dtype, p.allow_tf32 && !projected), p.shape.batch, p.shape.hidden,
+          p.shape.state, projected};
+}
+
 inline WorkspaceLayout planned_workspace(const ProblemShape& problem) {
   return workspace_layout(current_plan(problem).plan, problem.projected);
 }
@@ -127,6 +135,17 @@ cudaError_t run_pass(typename Pass::Args args, const ProblemShape& problem, int6
     }
   }
   return launch_engine<Pass>(args, plan, g, planned.device, begin, end, stream);
+}
+
+/// Phases [begin, end) of an op with Pass<Cell, math> for the problem's math; make_args(math)
+/// gives the pass's args (math: a std::integral_constant<Math, ...>).
+template <template <typename, Math> class Pass, typename Cell, typename MakeArgs>
+cudaError_t launch_op(const ProblemShape& problem, int64_t steps, MakeArgs&& make_args, void* workspace,
+                      int64_t begin, int64_t end, cudaStream_t stream) {
+  return with_math(problem.math, [&](auto math) {
+    return run_pass<Pass<Cell, decltype(math)::value>>(make_args(math), problem, steps, workspace, begin, end,
+                                                       stream);
+  });
 }
 
 }  // namespace fused_rnn::cuda

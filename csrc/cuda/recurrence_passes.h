@@ -65,6 +65,51 @@ FUSED_RNN_HD BlockSlice block_slice(const RecurrenceGeometry& g, int64_t block) 
   return s;
 }
 
+/// Where a block keeps what it computes and carries, as index functions shared by the kernel and
+/// the host tests: the warps' partial sums [warps_k][rows_per_block][partial_row_stride] and the
+/// carried state, [carries][units_per_block][batch_per_block] in shared memory and
+/// [carries][B][H] in the workspace between launches.
+FUSED_RNN_HD int64_t partial_index(const RecurrenceGeometry& g, int wk, int row, int column) {
+  return (int64_t{wk} * g.rows_per_block + row) * g.partial_row_stride + column;
+}
+
+/// The product value of block row `row`, batch column `column`: the warps' partial sums added in
+/// warp order (the same order on every call: deterministic).
+template <typename Accumulator>
+FUSED_RNN_HD Accumulator sum_partials(const Accumulator* partials, const RecurrenceGeometry& g, int row, int column) {
+  Accumulator sum(0);
+  for (int wk = 0; wk < g.warps_k; ++wk) {
+    sum += partials[partial_index(g, wk, row, column)];
+  }
+  return sum;
+}
+
+FUSED_RNN_HD int64_t shared_carry_index(const RecurrenceGeometry& g, int c, int u, int r) {
+  return (int64_t{c} * g.units_per_block + u) * g.batch_per_block + r;
+}
+
+FUSED_RNN_HD int64_t workspace_carry_index(const RecurrenceGeometry& g, int c, int64_t row, int64_t unit) {
+  return (c * g.batch + row) * g.hidden + unit;
+}
+
+/// Copies the carried state of a block's pairs between the workspace and shared memory, element
+/// `first`, `first + stride`, ... (the kernel: a thread's share; the host tests: all of it).
+template <typename Accumulator>
+FUSED_RNN_HD void move_carries(const RecurrenceGeometry& g, const BlockSlice& slice, Accumulator* shared,
+                               Accumulator* workspace, bool to_shared, int first, int stride) {
+  const int pairs = slice.units * slice.rows;
+  for (int i = first; i < g.carries * pairs; i += stride) {
+    const int c = i / pairs, u = i / slice.rows % slice.units, r = i % slice.rows;
+    Accumulator& in_shared = shared[shared_carry_index(g, c, u, r)];
+    Accumulator& in_workspace = workspace[workspace_carry_index(g, c, slice.row0 + r, slice.unit0 + u)];
+    if (to_shared) {
+      in_shared = in_workspace;
+    } else {
+      in_workspace = in_shared;
+    }
+  }
+}
+
 /// The op's tensors and the workspace of one forward call (shapes: recurrence_params.h).
 template <typename Cell, Math M>
 struct ForwardArgs {
@@ -403,5 +448,33 @@ struct BackwardPass {
     }
   }
 };
+
+/// Phase 0's setup of the workspace, element `first`, `first + stride`, ...: the carried state
+/// before the first phase and (forward) the h0 part of exchange slot 0, which is otherwise zero.
+template <typename Pass>
+FUSED_RNN_HD void prepare_workspace(const typename Pass::Args& a, const RecurrenceGeometry& g, int64_t first,
+                                    int64_t stride) {
+  const int64_t carried = g.carries * g.batch * g.hidden;
+  for (int64_t i = first; i < carried; i += stride) {
+    a.carries[i] = Pass::initial_carry(a, g, static_cast<int>(i / (g.batch * g.hidden)), i / g.hidden % g.batch,
+                                       i % g.hidden);
+  }
+  if constexpr (Pass::kDirection == Direction::kForward) {
+    for (int64_t i = first; i < g.batch * g.state; i += stride) {
+      const int64_t row = i / g.state, k = i % g.state;
+      a.ring[row * g.k_pad + k] = Pass::initial_exchange(a, g, row, k);
+    }
+  }
+}
+
+/// The packed weight slices of every unit slice, element `first`, `first + stride`, ...
+template <typename Pass>
+FUSED_RNN_HD void pack_weights(const typename Pass::Args& a, const RecurrenceGeometry& g, int64_t first,
+                               int64_t stride) {
+  const int64_t per_slice = g.fragments_per_slice * fragment_elements(Pass::kMath);
+  for (int64_t i = first; i < g.unit_slices * per_slice; i += stride) {
+    a.packed[i] = Pass::packed_weight(a, g, i / per_slice, packed_weight_position<Pass::kMath>(g, i % per_slice));
+  }
+}
 
 }  // namespace fused_rnn::cuda

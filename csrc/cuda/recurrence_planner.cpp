@@ -201,14 +201,14 @@ bool plan_candidate(const ProblemShape& problem, int engine, int warps_m, int64_
   return true;
 }
 
-RecurrencePlan plan_recurrence(const ProblemShape& problem, const DeviceDescription& device) {
+RecurrencePlan plan_recurrence(const ProblemShape& problem, const DeviceDescription& device, const Regime* only) {
   RecurrencePlan best{};
   bool found = false;
   const int count = engine_count(problem.direction);
   const int64_t batch_groups = ceil_div(problem.batch, kGroupColumns);
   for (int index = 0; index < count; ++index) {
     const EngineConfig& config = engines(problem.direction)[index];
-    if (config.math != problem.math) {
+    if (config.math != problem.math || (only != nullptr && config.regime != *only)) {
       continue;
     }
     for (int warps_m = 1; warps_m <= kWarps; warps_m *= 2) {
@@ -242,7 +242,7 @@ RecurrencePlan plan_recurrence(const ProblemShape& problem, const DeviceDescript
       }
     }
   }
-  return best;
+  return found || only == nullptr ? best : plan_recurrence(problem, device);
 }
 
 WorkspaceLayout workspace_layout(const RecurrencePlan& plan, bool projected) {

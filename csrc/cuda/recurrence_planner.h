@@ -124,8 +124,10 @@ struct RecurrencePlan {
   double estimated_step_us;  // first-principles estimate (see estimate_step_us), not a measurement
 };
 
-/// The cheapest plan for `problem` on `device` (always succeeds for B, H >= 1).
-RecurrencePlan plan_recurrence(const ProblemShape& problem, const DeviceDescription& device);
+/// The cheapest plan for `problem` on `device` (always succeeds for B, H >= 1); with `only`, the
+/// cheapest of that regime when it has one.
+RecurrencePlan plan_recurrence(const ProblemShape& problem, const DeviceDescription& device,
+                               const Regime* only = nullptr);
 
 /// The plan of one candidate the planner considers: catalogue entry `engine` of the problem's
 /// direction, warps_m x (8 / warps_m) warps, `units` per block, `batch_per_block` rows per block

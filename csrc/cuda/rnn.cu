@@ -6,10 +6,6 @@
 namespace fused_rnn::cuda {
 namespace {
 
-ProblemShape problem_of(const RecurrenceShape& shape, DType dtype, bool allow_tf32, Direction direction) {
-  return {CellKind::kRnn, direction, math_for(dtype, allow_tf32), shape.batch, shape.hidden, shape.state, false};
-}
-
 template <Math M>
 ForwardArgs<RnnCell, M> forward_args(const RnnForwardParams& p) {
   using S = typename MathTypes<M>::Storage;
@@ -43,29 +39,25 @@ BackwardArgs<RnnCell, M> backward_args(const RnnBackwardParams& p) {
 }  // namespace
 
 WorkspaceLayout rnn_forward_workspace(const RnnForwardParams& p) {
-  return planned_workspace(problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kForward));
+  return planned_workspace(problem_for(CellKind::kRnn, Direction::kForward, p));
 }
 
 WorkspaceLayout rnn_backward_workspace(const RnnBackwardParams& p) {
-  return planned_workspace(problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kBackward));
+  return planned_workspace(problem_for(CellKind::kRnn, Direction::kBackward, p));
 }
 
 cudaError_t launch_rnn_forward(const RnnForwardParams& p, void* workspace, int64_t begin, int64_t end,
                                cudaStream_t stream) {
-  const ProblemShape problem = problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kForward);
-  return with_math(problem.math, [&](auto math) {
-    return run_pass<ForwardPass<RnnCell, math.value>>(forward_args<math.value>(p), problem, p.shape.steps,
-                                                       workspace, begin, end, stream);
-  });
+  return launch_op<ForwardPass, RnnCell>(
+      problem_for(CellKind::kRnn, Direction::kForward, p), p.shape.steps,
+      [&](auto math) { return forward_args<decltype(math)::value>(p); }, workspace, begin, end, stream);
 }
 
 cudaError_t launch_rnn_backward(const RnnBackwardParams& p, void* workspace, int64_t begin, int64_t end,
                                 cudaStream_t stream) {
-  const ProblemShape problem = problem_of(p.shape, p.dtype, p.allow_tf32, Direction::kBackward);
-  return with_math(problem.math, [&](auto math) {
-    return run_pass<BackwardPass<RnnCell, math.value>>(backward_args<math.value>(p), problem, p.shape.steps,
-                                                        workspace, begin, end, stream);
-  });
+  return launch_op<BackwardPass, RnnCell>(
+      problem_for(CellKind::kRnn, Direction::kBackward, p), p.shape.steps,
+      [&](auto math) { return backward_args<decltype(math)::value>(p); }, workspace, begin, end, stream);
 }
 
 }  // namespace fused_rnn::cuda

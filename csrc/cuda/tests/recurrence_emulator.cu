@@ -314,20 +314,9 @@ void emulate(typename Pass::Args args, const RecurrencePlan& plan, int64_t steps
   args.ring_slot = layout.ring_slot_elements;
   args.carries = carries.data();
 
-  // prepare_kernel and pack_weights_kernel
-  for (int64_t i = 0; i < static_cast<int64_t>(carries.size()); ++i) {
-    carries[i] = Pass::initial_carry(args, g, static_cast<int>(i / (g.batch * g.hidden)), i / g.hidden % g.batch,
-                                     i % g.hidden);
-  }
-  if (Pass::kDirection == Direction::kForward) {
-    for (int64_t i = 0; i < g.batch * g.state; ++i) {
-      ring[i / g.state * g.k_pad + i % g.state] = Pass::initial_exchange(args, g, i / g.state, i % g.state);
-    }
-  }
+  prepare_workspace<Pass>(args, g, 0, 1);
+  pack_weights<Pass>(args, g, 0, 1);
   const int64_t per_slice = g.fragments_per_slice * fragment_elements(M);
-  for (int64_t i = 0; i < static_cast<int64_t>(packed.size()); ++i) {
-    packed[i] = Pass::packed_weight(args, g, i / per_slice, packed_weight_position<M>(g, i % per_slice));
-  }
 
   const int64_t carry_stride = int64_t{g.units_per_block} * g.batch_per_block;
   std::vector<A> shared_carries(g.carries * carry_stride);
@@ -338,11 +327,7 @@ void emulate(typename Pass::Args args, const RecurrencePlan& plan, int64_t steps
   for (int64_t phase = 0; phase < Pass::phase_count(args, g); ++phase) {
     for (int block = 0; block < g.blocks; ++block) {
       const BlockSlice slice = block_slice(g, block);
-      for (int c = 0; c < g.carries; ++c)
-        for (int u = 0; u < slice.units; ++u)
-          for (int r = 0; r < slice.rows; ++r)
-            shared_carries[c * carry_stride + u * g.batch_per_block + r] =
-                carries[(c * g.batch + slice.row0 + r) * g.hidden + slice.unit0 + u];
+      move_carries(g, slice, shared_carries.data(), carries.data(), /*to_shared=*/true, 0, 1);
       const bool product = Pass::has_product(args, g, phase);
       const O* source = Pass::product_source(args, phase) + slice.row0 * g.k_pad;
       const O* packed_slice = packed.data() + slice.unit_slice * per_slice;
@@ -389,7 +374,7 @@ void emulate(typename Pass::Args args, const RecurrencePlan& plan, int64_t steps
                   for (int i = 0; i < 4; ++i) {
                     const CPosition at = c_element_position(lane, i);
                     const int row = (wm * g.m_tiles + m) * 16 + at.row;
-                    partials[(wk * g.rows_per_block + row) * g.partial_row_stride + n * 8 + at.column] =
+                    partials[partial_index(g, wk, row, n * 8 + at.column)] =
                         tiles[(warp * g.m_tiles + m) * kNTiles + n][lane * 4 + i];
                   }
           }
@@ -398,24 +383,14 @@ void emulate(typename Pass::Args args, const RecurrencePlan& plan, int64_t steps
           const int u = pair % slice.units, column = pair / slice.units;
           A values[Pass::kProducts];
           for (int i = 0; i < Pass::kProducts; ++i) {
-            values[i] = A(0);
-            if (product) {
-              const int row = Pass::product_row(g, i, u);
-              for (int w = 0; w < g.warps_k; ++w) {
-                values[i] += partials[(w * g.rows_per_block + row) * g.partial_row_stride + column];
-              }
-            }
+            values[i] = product ? sum_partials(partials.data(), g, Pass::product_row(g, i, u), column) : A(0);
           }
           Pass::finish(args, g, phase, slice.unit0 + u, slice.row0 + group * kGroupColumns + column, inputs[pair],
-                       values, shared_carries.data() + u * g.batch_per_block + group * kGroupColumns + column,
+                       values, shared_carries.data() + shared_carry_index(g, 0, u, group * kGroupColumns + column),
                        carry_stride);
         }
       }
-      for (int c = 0; c < g.carries; ++c)
-        for (int u = 0; u < slice.units; ++u)
-          for (int r = 0; r < slice.rows; ++r)
-            carries[(c * g.batch + slice.row0 + r) * g.hidden + slice.unit0 + u] =
-                shared_carries[c * carry_stride + u * g.batch_per_block + r];
+      move_carries(g, slice, shared_carries.data(), carries.data(), /*to_shared=*/false, 0, 1);
     }
   }
 }
