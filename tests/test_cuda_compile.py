@@ -11,9 +11,11 @@ on:
   with FFMA / DFMA, and none touches local memory (LDL/STL);
 - the plain CUDA C++ headers compile on their own, and the torch-facing csrc/cuda/*_api.cpp
   compiles with the host compiler against torch's headers (a CPU-only build of the extension
-  never compiles it).
+  never compiles it), every fused_rnn::cuda function it calls being defined by the other objects.
 
-Each .cu file is compiled once per session (two at a time). Skipped without nvcc.
+The .cu files are compiled with the flags torch.utils.cpp_extension gives nvcc in a real build
+(no implicit half/bfloat16 conversions, relaxed constexpr), each once per session, two at a time.
+Skipped without nvcc.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ CU_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
 HEADERS = sorted(glob.glob(os.path.join(CUDA_DIR, "*.h")) + glob.glob(os.path.join(CUDA_DIR, "*.cuh")))
 API_FILES = sorted(glob.glob(os.path.join(CUDA_DIR, "*_api.cpp")))
 CELL_FILES = {RNN: "rnn.cu", LSTM: "lstm.cu", GRU: "gru.cu"}
+EXTENSION_FLAGS = list(torch.utils.cpp_extension.COMMON_NVCC_FLAGS)
 THREADS, REGISTERS_PER_SM, MAX_REGISTERS = 256, 65536, 255
 PLANNED_BATCH = (1, 16, 64, 256)
 
@@ -61,7 +64,7 @@ def reports(tmp_path_factory):
     def build(source: str):
         directory = out / os.path.basename(source)
         directory.mkdir()
-        return os.path.basename(source), compile_cu(source, directory, archs=("90a", "80"))
+        return os.path.basename(source), compile_cu(source, directory, archs=("90a", "80"), extra_flags=EXTENSION_FLAGS)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(build, CU_FILES))
@@ -150,11 +153,17 @@ def test_headers_compile_alone(tmp_path):
         assert not torch_includes, f"{header}: {torch_includes}"
         unit = tmp_path / (os.path.basename(header) + ".cu")
         unit.write_text(f'#include "{header}"\n')
-        _compile(["-std=c++17", ARCHS[0], "-c", str(unit), "-o", str(tmp_path / "out.o")], str(tmp_path))
+        _compile(["-std=c++17", *EXTENSION_FLAGS, ARCHS[0], "-c", str(unit), "-o", str(tmp_path / "out.o")],
+                 str(tmp_path))
+
+
+def _defined_cuda_functions(objects: list[str]) -> set[str]:
+    result = subprocess.run(["nm", "-C", "--defined-only", *objects], capture_output=True, text=True, check=True)
+    return {line.split(" ", 2)[2] for line in result.stdout.splitlines() if " fused_rnn::cuda::" in line}
 
 
 @pytest.mark.parametrize("source", API_FILES, ids=os.path.basename)
-def test_api_layer_compiles_against_torch_headers(source, tmp_path):
+def test_api_layer_compiles_against_torch_headers(source, tmp_path, reports):
     includes = torch.utils.cpp_extension.include_paths()
     # A torch build without CUDA ships c10/cuda without the header its CMake build generates.
     generated = "c10/cuda/impl/cuda_cmake_macros.h"
@@ -164,6 +173,16 @@ def test_api_layer_compiles_against_torch_headers(source, tmp_path):
         includes = [*includes, str(tmp_path)]
     flags = [f"-I{path}" for path in [*includes, sysconfig.get_paths()["include"]]]
     _compile(["-std=c++20", "-x", "c++", *flags, "-c", source, "-o", str(tmp_path / "out.o")], str(tmp_path))
+    planner = tmp_path / "planner.o"
+    _compile(["-std=c++17", "-x", "c++", "-c", os.path.join(CUDA_DIR, "recurrence_planner.cpp"), "-o", str(planner)],
+             str(tmp_path))
+    if shutil.which("nm") is None:
+        pytest.skip("no nm to list the objects' symbols")
+    needed = subprocess.run(["nm", "-C", "--undefined-only", str(tmp_path / "out.o")], capture_output=True,
+                            text=True, check=True).stdout
+    called = {line.split("U ", 1)[1] for line in needed.splitlines() if "U fused_rnn::cuda::" in line}
+    defined = _defined_cuda_functions([str(r.object_path) for r in reports.values()] + [str(planner)])
+    assert called and called <= defined, sorted(called - defined)
 
 
 TOOLCHAIN_PROBE = r"""

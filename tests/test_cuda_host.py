@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+import torch.utils.cpp_extension
 from cuda_plans import (
     BF16_MMA, CUDA_DIR, CXX, F16_MMA, F32_FMA, F64_FMA, GLOBAL, JUDGED_BATCH, JUDGED_HIDDEN, REGISTERS, SHARED,
     TF32_MMA, build_plan_report, plans, run,
@@ -51,8 +52,8 @@ def emulator(tmp_path_factory) -> Path:
     if NVCC is None:
         pytest.skip("nvcc is not installed")
     out = tmp_path_factory.mktemp("emulator") / "recurrence_emulator"
-    run([NVCC, "-std=c++17", "-O2", "-o", str(out), str(CUDA_DIR / "tests" / "recurrence_emulator.cu"),
-         str(CUDA_DIR / "recurrence_planner.cpp")])
+    run([NVCC, "-std=c++17", "-O2", *torch.utils.cpp_extension.COMMON_NVCC_FLAGS, "-o", str(out),
+         str(CUDA_DIR / "tests" / "recurrence_emulator.cu"), str(CUDA_DIR / "recurrence_planner.cpp")])
     return out
 
 

@@ -199,7 +199,7 @@ struct ForwardPass {
     const int64_t gate = p.row / g.units_per_block;
     const int64_t unit = slice * g.units_per_block + p.row % g.units_per_block;
     if (gate >= kGates || unit >= g.hidden || p.k >= g.k) {
-      return Operand(0);
+      return to_operand<M>(Accumulator(0));
     }
     return to_operand<M>(to_accumulator(a.w_hh[(gate * g.hidden + unit) * g.state + p.k]));
   }
@@ -215,7 +215,7 @@ struct ForwardPass {
 
   /// Element (row, k) of exchange slot 0: h0 (zero-padded beyond B and P).
   static FUSED_RNN_HD Operand initial_exchange(const Args& a, const RecurrenceGeometry& g, int64_t row, int64_t k) {
-    return row < g.batch && k < g.state ? to_operand<M>(to_accumulator(a.h0[row * g.state + k])) : Operand(0);
+    return row < g.batch && k < g.state ? to_operand<M>(to_accumulator(a.h0[row * g.state + k])) : to_operand<M>(Accumulator(0));
   }
 
   static FUSED_RNN_HD int64_t gate_index(const RecurrenceGeometry& g, int64_t t, int64_t row, int gate,
@@ -322,7 +322,7 @@ struct BackwardPass {
                                             WeightPosition p) {
     const int64_t unit = slice * g.units_per_block + p.row;
     if (p.row >= g.units_per_block || unit >= g.hidden || p.k >= g.k) {
-      return Operand(0);
+      return to_operand<M>(Accumulator(0));
     }
     return to_operand<M>(to_accumulator(a.w_hh[p.k * g.state + unit]));
   }
@@ -337,7 +337,7 @@ struct BackwardPass {
   }
 
   static FUSED_RNN_HD Operand initial_exchange(const Args&, const RecurrenceGeometry&, int64_t, int64_t) {
-    return Operand(0);
+    return to_operand<M>(Accumulator(0));
   }
 
   static FUSED_RNN_HD int64_t gate_index(const RecurrenceGeometry& g, int64_t t, int64_t row, int gate,

@@ -307,7 +307,7 @@ void emulate(typename Pass::Args args, const RecurrencePlan& plan, int64_t steps
   g.steps = steps;
   const WorkspaceLayout layout = workspace_layout(plan, args.projected);
   std::vector<O> packed(g.unit_slices * g.fragments_per_slice * fragment_elements(M));
-  std::vector<O> ring(2 * layout.ring_slot_elements, O(0));
+  std::vector<O> ring(2 * layout.ring_slot_elements, to_operand<M>(A(0)));
   std::vector<A> carries(g.carries * g.batch * g.hidden);
   args.packed = packed.data();
   args.ring = ring.data();
@@ -345,7 +345,7 @@ void emulate(typename Pass::Args args, const RecurrencePlan& plan, int64_t steps
           std::vector<std::vector<A>> tiles(kWarps * g.m_tiles * kNTiles, std::vector<A>(128, A(0)));
           for (int chunk = 0; chunk < g.k_chunks; ++chunk) {
             const int64_t k0 = int64_t{chunk} * g.chunk_elements;
-            std::fill(slab.begin(), slab.end(), O(0));  // shared memory: garbage on the GPU, unread
+            std::fill(slab.begin(), slab.end(), to_operand<M>(A(0)));  // shared memory: garbage on the GPU, unread
             for (int r = 0; r < columns; ++r)
               for (int64_t k = 0; k0 + k < g.k_pad && k < row_elements; ++k)
                 slab[r * row_elements + k] = source[(int64_t{group} * kGroupColumns + r) * g.k_pad + k0 + k];
