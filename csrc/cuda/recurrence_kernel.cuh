@@ -23,17 +23,32 @@
 //
 // The exchange of h between steps (grid.sync + cp.async.cg): a block writes its elements of the
 // next slot with ordinary stores during phase p; grid.sync() orders every block's phase-p writes
-// before every block's phase-(p+1) reads (it is a grid-wide memory barrier); the reads bypass L1
-// (.cg), which is not coherent across SMs. Two slots suffice: slot s is rewritten in phase p+1
-// only after the grid.sync() that follows every read of it in phase p. (A flag-in-data 3-slot
-// ring, which would save the separate barrier round trip, is not implemented.)
+// before every block's phase-(p+1) reads (it is a grid-wide memory barrier: each block fences,
+// arrives, and waits for all); the reads bypass L1 (.cg), which is not coherent across SMs. Two
+// slots suffice: slot s is rewritten in phase p+1 only after the grid.sync() that follows every
+// read of it in phase p. The flag-in-data ring (each word carrying its step, readers polling it, a
+// third slot instead of the barrier) is not implemented: an 8-byte word holding 4 bytes of data
+// and a 4-byte step doubles the bytes read from L2 (quadruples for one bf16 value per word), and
+// pairing two units' values into one word crosses the pairs of the pointwise stage.
 //
-// Per-step cost (H100, estimates; recurrence_planner.cpp holds the constants): one grid barrier
-// (~1.0 us) + one dependent L2 read of the block's exchange rows (~0.6 us latency + bytes at the
-// block's share of L2 bandwidth) + the MMAs (rows * K * columns multiply-adds at ~1024 per clock
-// per SM for bf16/f16, 512 for tf32; FMA paths ~64 (f32) / 32 (f64)) + the pointwise stage
-// (~0.15 us per group of 16 rows). LSTM B16 H768 bf16 forward: 16 x 768 x 2 B = 24.6 KB per block
-// from L2 -> ~2.2 us per step; see the planner's estimate_step_us for every shape.
+// Per-step cost from first principles (H100; the constants, all estimates, are in
+// recurrence_planner.cpp): one grid barrier (~1.0 us) + one dependent L2 read of the block's
+// exchange rows (~0.6 us latency + its bytes at min(64 B/clock, the block's share of 5.5 TB/s))
+// + the MMAs (rows x K x columns multiply-adds at ~1024 per clock per SM for bf16/f16, 512 for
+// tf32, ~64 / ~32 for exact float32 / float64 FMA, at least one warp's accumulator chain at
+// ~33 clocks per k-step) + the pointwise stage (~0.15 us per group of 16 rows). At B16 H768 bf16
+// the planner's plans give (bytes from L2 per block and step; m16n8k16 MMAs per block and step):
+//
+//   kernel      blocks  L2 bytes/block  MMAs/block  estimated us/step
+//   RNN fwd       48       24,576          192          2.24
+//   RNN bwd       48       24,576           96          2.13
+//   LSTM fwd      96       24,576          192          2.45
+//   LSTM bwd      48       98,304          384          3.13
+//   GRU fwd       77       24,576          192          2.36
+//   GRU bwd       48       73,728          288          2.79
+//
+// The barrier and the L2 round trip (~1.6 us) dominate. csrc/cuda/tests/plan_report.cpp prints the
+// plan and the estimate of any shape.
 #pragma once
 
 #include <cooperative_groups.h>
