@@ -73,6 +73,29 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
         )
     if not torch.cuda.is_available():
         return "CUDA is not available"
+    return _compute_capability_reason(device)
+
+
+def _compute_capability_reason(device: torch.device) -> Optional[str]:
+    """Why the compiled CUDA kernels cannot run on `device`'s GPU, or None: they need compute
+    capability 8.0 (mma.sync on bf16, cp.async), and machine code or PTX for an architecture no
+    newer than the GPU's."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capability = torch.cuda.get_device_capability(index)
+    name = torch.cuda.get_device_name(index)
+    if capability < (8, 0):
+        return (
+            f"the native CUDA kernels need compute capability 8.0 or newer; {name} has "
+            f"{capability[0]}.{capability[1]}"
+        )
+    compiled = [tuple(int(part) for part in arch.split(".")) for arch in _C.build_info()["cuda_archs"]]
+    if compiled and all(arch > capability for arch in compiled):
+        archs = ", ".join(_C.build_info()["cuda_archs"])
+        return (
+            f"fused_rnn._C was compiled for compute capability {archs}, newer than {name}'s "
+            f"{capability[0]}.{capability[1]}; rebuild on this machine (or with "
+            f"FUSED_RNN_CUDA_ARCHS={capability[0]}.{capability[1]})"
+        )
     return None
 
 
