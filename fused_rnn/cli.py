@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(device: Optional[str]) -> None:
+    """A device torch cannot use is a bad argument (before any work, in one line)."""
+    from .backends import device_unavailable_reason
+
+    reason = None if device is None else device_unavailable_reason(device)
+    if reason is not None:
+        raise ValueError(f"--device {device}: {reason}")
+
+
 def _backend(name: str, device: str) -> str:
     """The backend that runs for `name` on `device`; a backend that cannot run is a bad argument."""
     from .backends import resolve_backend
@@ -82,12 +91,14 @@ def _backend(name: str, device: str) -> str:
 def _check(args) -> int:
     from .check import main as check_main
 
+    _check_device(args.device)
     return check_main([args.device] if args.device else None)
 
 
 def _bench(args) -> int:
     from .bench.command import run_bench
 
+    _check_device(args.device)
     return run_bench(
         quick=args.quick, ops=args.op, devices=[args.device] if args.device else None, csv_path=args.csv,
         plot_dir=args.plot, sweeps=args.sweep, shapes=args.shape, providers=args.provider,
@@ -100,6 +111,7 @@ def _profile(args) -> int:
     from .bench.kernel_profile import format_groups, profile_layer
     from .bench.shapes import RecurrentShape, parse_shape
 
+    _check_device(args.device)
     shape = parse_shape(args.shape)
     if not isinstance(shape, RecurrentShape):
         raise ValueError(f"--shape must be a recurrence shape such as B16-T256-I256-H256, got {args.shape!r}")
@@ -124,6 +136,7 @@ def _grad_paths(args) -> int:
     import fused_rnn
     from .profiling import gradient_paths, plot_gradient_paths
 
+    _check_device(args.device)
     classes = {"rnn": fused_rnn.RNN, "lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
     unknown = [cell for cell in args.cells if cell not in classes]
     if unknown:
