@@ -1,7 +1,7 @@
 """The `fused-rnn` command.
 
     fused-rnn check      [--device cpu|cuda]
-    fused-rnn bench      [--quick] [--op lstm,gru,...] [--device cpu|cuda] [--csv PATH] [--plot DIR]
+    fused-rnn bench      [--quick] [--op lstm,gru,...] [--device cpu|cuda] [--csv PATH] [--plot DIR] [--save]
                          [--sweep NAMES] [--shape SHAPE ...] [--provider NAMES] [--dtype NAMES] [--mode NAMES]
     fused-rnn profile    --op lstm --shape B16-T256-I256-H256 [--backend auto] [--device cpu|cuda]
                          [--dtype float32] [--iterations 1] [--trace out.json]
@@ -38,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="the quick sweep of each device")
     bench.add_argument("--op", type=_names, help="comma-separated ops (default: every op of the sweep)")
     bench.add_argument("--device", choices=DEVICES, help="only this device (default: every device here)")
-    bench.add_argument("--csv", help="results CSV (default: benchmarks/results/<device>.csv)")
+    bench.add_argument("--csv", help="results CSV (default: <device>.csv in a new folder of this run, "
+                       "benchmarks/runs/<time>/ in a source checkout, else ./fused_rnn_results/runs/<time>/)")
     bench.add_argument("--plot", help="folder for the plots (default: plots/ beside the CSV)")
+    bench.add_argument("--save", action="store_true",
+                       help="update the committed results (benchmarks/results/<device>.csv and its plots) instead")
     bench.add_argument("--sweep", type=_names, help="comma-separated named sweeps instead of the default")
     bench.add_argument("--shape", action="append", help="a shape such as B16-T1024-I768-H768 (repeatable)")
     bench.add_argument("--provider", type=_names, help="comma-separated providers (default: all, or the quick set)")
@@ -102,7 +105,7 @@ def _bench(args) -> int:
     return run_bench(
         quick=args.quick, ops=args.op, devices=[args.device] if args.device else None, csv_path=args.csv,
         plot_dir=args.plot, sweeps=args.sweep, shapes=args.shape, providers=args.provider,
-        dtypes=args.dtype, modes=args.mode,
+        dtypes=args.dtype, modes=args.mode, save=args.save,
     )
 
 
