@@ -78,7 +78,9 @@ class RNNBase(_BackendMixin, nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        nn_checks.check_layer_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        nn_checks.check_layer_arguments(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size
+        )
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -259,7 +261,9 @@ class RNNBase(_BackendMixin, nn.Module):
             finals = [s.squeeze(1) for s in finals]
         return output, finals
 
-    def _forward_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+    def _forward_packed(
+        self, input: PackedSequence, hx: Optional[List[Tensor]]
+    ) -> Tuple[Tensor, List[Tensor]]:
         """PackedSequence input -> the output's packed data [N, D*P] and the final states, in the
         caller's batch order (sorted_indices / unsorted_indices applied)."""
         data, batch_sizes = input.data, input.batch_sizes
@@ -286,6 +290,11 @@ class RNNBase(_BackendMixin, nn.Module):
         return packed_from_padded(output, packing), finals
 
 
+def _like(packed: PackedSequence, data: Tensor) -> PackedSequence:
+    """A PackedSequence with the packing of `packed` and other data."""
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+
 class LSTM(RNNBase):
     """torch.nn.LSTM's interface over the fused recurrence ops (see torch.nn.LSTM for arguments)."""
 
@@ -297,12 +306,16 @@ class LSTM(RNNBase):
 
     @overload
     @torch._jit_internal._overload_method
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    def forward(
+        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         pass
 
     @overload
     @torch._jit_internal._overload_method
-    def forward(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+    def forward(
+        self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
         pass
 
     def forward(self, input, hx=None):
@@ -314,7 +327,7 @@ class LSTM(RNNBase):
                 states = hx  # indexed as torch.nn indexes it, so a wrong count fails as there
         if isinstance(input, PackedSequence):
             data, finals = self._forward_packed(input, states)
-            return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), (finals[0], finals[1])
+            return _like(input, data), (finals[0], finals[1])
         output, finals = self._forward_padded(input, states)
         return output, (finals[0], finals[1])
 
@@ -343,7 +356,7 @@ class GRU(RNNBase):
         states: Optional[List[Tensor]] = None if hx is None else [hx]
         if isinstance(input, PackedSequence):
             data, finals = self._forward_packed(input, states)
-            return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals[0]
+            return _like(input, data), finals[0]
         output, finals = self._forward_padded(input, states)
         return output, finals[0]
 
@@ -380,6 +393,6 @@ class RNN(RNNBase):
         states: Optional[List[Tensor]] = None if hx is None else [hx]
         if isinstance(input, PackedSequence):
             data, finals = self._forward_packed(input, states)
-            return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals[0]
+            return _like(input, data), finals[0]
         output, finals = self._forward_padded(input, states)
         return output, finals[0]

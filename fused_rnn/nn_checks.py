@@ -39,7 +39,8 @@ _SCALAR_TYPE_NAMES = {
 
 def matmul_dtype_message(a: torch.dtype, b: torch.dtype) -> str:
     """ATen's GEMM message for operands of different dtypes (eager)."""
-    return f"mat1 and mat2 must have the same dtype, but got {_SCALAR_TYPE_NAMES.get(a, a)} and {_SCALAR_TYPE_NAMES.get(b, b)}"
+    names = [_SCALAR_TYPE_NAMES.get(dtype, str(dtype)) for dtype in (a, b)]
+    return f"mat1 and mat2 must have the same dtype, but got {names[0]} and {names[1]}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,7 +48,9 @@ def matmul_dtype_message(a: torch.dtype, b: torch.dtype) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def check_layer_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+def check_layer_arguments(
+    mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size
+) -> None:
     """torch.nn.RNNBase.__init__'s checks, in its order."""
     if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
         raise ValueError(
@@ -104,7 +107,9 @@ def check_state_ranks(mode: str, states: List[Tensor], batched: bool) -> None:
         raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor")
 
 
-def check_input(input: Tensor, weight_dtype: torch.dtype, input_size: int, packed: bool, packed_dtype_in_gemm: bool) -> None:
+def check_input(
+    input: Tensor, weight_dtype: torch.dtype, input_size: int, packed: bool, packed_dtype_in_gemm: bool
+) -> None:
     """torch.nn.RNNBase.check_input: dtype (skipped under autocast), rank, feature size.
     `packed_dtype_in_gemm`: torch.nn.LSTM runs no checks on packed input, so a dtype mismatch
     there surfaces from the input GEMM."""
@@ -167,10 +172,11 @@ def check_state_dtypes(states: List[Tensor], weight_dtype: torch.dtype) -> None:
 def check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
     """A PackedSequence built by hand must still describe rows of lengths >= 1, sorted by length
     (eager; torch.nn does not check, and fails inside its kernels or reads past the data)."""
-    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu" or batch_sizes.numel() == 0:
+    sizes = batch_sizes
+    if sizes.dim() != 1 or sizes.dtype != torch.int64 or sizes.device.type != "cpu" or sizes.numel() == 0:
         raise RuntimeError(
             "PackedSequence batch_sizes must be a non-empty 1-D int64 CPU tensor, got a "
-            f"{batch_sizes.dim()}-D {batch_sizes.dtype} tensor of {batch_sizes.numel()} elements on {batch_sizes.device}"
+            f"{sizes.dim()}-D {sizes.dtype} tensor of {sizes.numel()} elements on {sizes.device}"
         )
     values = batch_sizes.tolist()
     if values[-1] < 1 or any(later > earlier for earlier, later in zip(values, values[1:])):
