@@ -24,7 +24,7 @@ from .shapes import FULL_SWEEPS, MODES, OPS, Point, check_ops, parse_shape, quic
 from .timing import Budget
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-QUICK_BUDGET = Budget(min_calls=5, max_calls=30, seconds=1.0)
+QUICK_BUDGET = Budget(min_calls=3, max_calls=30, seconds=1.0)
 FULL_BUDGET = Budget(min_calls=10, max_calls=100, seconds=4.0)
 
 
