@@ -322,13 +322,18 @@ def _save_forward(ctx, inputs: tuple, output: tuple, need_weights: bool, backend
     ctx.need_weights, ctx.backend = need_weights, backend
 
 
-def _output_gradients(
-    ctx, context: Tensor, grad_context: Optional[Tensor], grad_weights: Optional[Tensor]
-) -> tuple[Tensor, Optional[Tensor]]:
-    """(grad_context, grad_weights or None when the weights got no gradient); grads are not
-    materialised, so an unused context arrives as None."""
+def _backward_inputs(
+    ctx, context: Tensor, weights: Optional[Tensor], grad_context: Optional[Tensor],
+    grad_weights: Optional[Tensor],
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(grad_context, grad_weights, weights) for the backward op. Grads are not materialised, so an
+    unused output arrives as None: an unused context then gets a zero gradient, and the weights go
+    to the backward op only together with a gradient of theirs (the backward ops take grad_weights
+    and weights both or neither: weights requested for display but unused by the loss add nothing)."""
     grad_context = torch.zeros_like(context) if grad_context is None else grad_context
-    return grad_context, grad_weights if ctx.need_weights else None
+    if grad_weights is None or not ctx.need_weights:
+        return grad_context, None, None
+    return grad_context, grad_weights, weights
 
 
 def _additive_setup_context(ctx, inputs, output):
@@ -338,7 +343,7 @@ def _additive_setup_context(ctx, inputs, output):
 
 def _additive_grad(ctx, grad_context, _grad_lse, grad_weights):
     pq, pk, v, values, key_lengths, context, lse, weights = ctx.saved_tensors
-    grad_context, grad_weights = _output_gradients(ctx, context, grad_context, grad_weights)
+    grad_context, grad_weights, weights = _backward_inputs(ctx, context, weights, grad_context, grad_weights)
     d_pq, d_pk, d_v, d_values = additive_attention_backward(
         grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights, ctx.backend
     )
@@ -356,7 +361,7 @@ def _dot_setup_context(ctx, inputs, output):
 
 def _dot_grad(ctx, grad_context, _grad_lse, grad_weights):
     query, keys, values, key_lengths, context, lse, weights = ctx.saved_tensors
-    grad_context, grad_weights = _output_gradients(ctx, context, grad_context, grad_weights)
+    grad_context, grad_weights, weights = _backward_inputs(ctx, context, weights, grad_context, grad_weights)
     d_query, d_keys, d_values = dot_attention_backward(
         grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights,
         ctx.scale, ctx.backend,

@@ -18,6 +18,8 @@ from .attention import AdditiveAttention, LuongAttention
 from .parity import HALF_FACTOR, TF32_TOLERANCE, TOLERANCE, poisoned_allocations, relative_error
 
 SCORES = ("additive", "dot", "scaled_dot", "general")
+# The module outputs a loss can depend on; the weights are always requested.
+OUTPUTS = ("context", "weights")
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,9 @@ def make_inputs(score: str, case: Case, generator: torch.Generator) -> dict[str,
     }
 
 
-def run_module(module, inputs, dtype, device, grad_context, grad_weights) -> dict[str, torch.Tensor]:
-    """Context, weights and every gradient of `module` on `inputs` cast to dtype and device, by name."""
+def run_module(module, inputs, dtype, device, grad_context, grad_weights, outputs=OUTPUTS) -> dict[str, torch.Tensor]:
+    """Context, weights and every gradient of `module` on `inputs` cast to dtype and device, by name,
+    with need_weights=True and a loss that depends on the `outputs` named ("context", "weights")."""
     tensors = {n: t.to(device, dtype).requires_grad_() for n, t in inputs.items()
                if n != "key_lengths" and t is not None}
     lengths = inputs["key_lengths"]
@@ -74,19 +77,23 @@ def run_module(module, inputs, dtype, device, grad_context, grad_weights) -> dic
         key_lengths=None if lengths is None else lengths.to(device), need_weights=True,
     )
     leaves = list(tensors.items()) + list(module.named_parameters())
+    differentiated = {"context": (context, grad_context), "weights": (weights, grad_weights)}
+    selected = [differentiated[name] for name in outputs]
     grads = torch.autograd.grad(
-        [context, weights], [t for _, t in leaves],
-        [grad_context.to(device, dtype), grad_weights.to(device, dtype)],
+        [output for output, _ in selected], [t for _, t in leaves],
+        [grad.to(device, dtype) for _, grad in selected],
     )
     result = {"context": context, "weights": weights}
     result.update({f"d_{name}": g for (name, _), g in zip(leaves, grads)})
     return result
 
 
-def module_errors(score: str, case: Case, backend: str, dtype: torch.dtype, device: str = "cpu") -> dict[str, float]:
+def module_errors(score: str, case: Case, backend: str, dtype: torch.dtype, device: str = "cpu",
+                  outputs=OUTPUTS) -> dict[str, float]:
     """Relative error of every output and gradient of `backend` in `dtype` on `device` against the
-    float64 reference run on the same (rounded) inputs and parameters; fresh outputs are NaN-filled
-    so that an element a kernel forgets to write cannot pass."""
+    float64 reference run on the same (rounded) inputs and parameters, the gradients those of a loss
+    on `outputs` (the weights are requested either way); fresh outputs are NaN-filled so that an
+    element a kernel forgets to write cannot pass."""
     generator = torch.Generator().manual_seed(case.seed)
     inputs = make_inputs(score, case, generator)
     module = make_module(score, case, dtype, backend)
@@ -97,9 +104,9 @@ def module_errors(score: str, case: Case, backend: str, dtype: torch.dtype, devi
     out_shape = (batch, case.dv or case.dk) if case.tq == 0 else (batch, case.tq, case.dv or case.dk)
     grad_context = torch.randn(out_shape, generator=generator, dtype=torch.float64)
     grad_weights = torch.randn(*out_shape[:-1], tk, generator=generator, dtype=torch.float64)
-    expected = run_module(expected_module, rounded, torch.float64, "cpu", grad_context, grad_weights)
+    expected = run_module(expected_module, rounded, torch.float64, "cpu", grad_context, grad_weights, outputs)
     with poisoned_allocations():
-        actual = run_module(module.to(device), inputs, dtype, device, grad_context, grad_weights)
+        actual = run_module(module.to(device), inputs, dtype, device, grad_context, grad_weights, outputs)
     return {name: relative_error(actual[name], expected[name]) for name in expected}
 
 

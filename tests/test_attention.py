@@ -11,7 +11,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import attention_ops
-from fused_rnn.attention_parity import SCORES, Case, make_inputs, make_module, module_errors, tolerance
+from fused_rnn.attention_parity import OUTPUTS, SCORES, Case, make_inputs, make_module, module_errors, tolerance
 
 CASES = [
     Case(batch=3, tq=0, tk=13, dq=7, dk=7, dv=3, attn=9, lengths=True),
@@ -44,6 +44,20 @@ def test_parity_with_float64_reference(backend, dtype, score, case):
     limit = tolerance(score, case, dtype)
     bad = {name: error for name, error in errors.items() if not error <= limit}
     assert not bad, f"{backend} {dtype} {score} {case}: errors above {limit:.1e}: {bad}"
+
+
+@pytest.mark.parametrize("outputs", [("context",), ("weights",), OUTPUTS], ids="+".join)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("backend", ["reference", "triton", "native"])
+def test_requested_weights_with_a_loss_on_either_output(backend, score, outputs):
+    """need_weights=True (the weights drawn as an alignment heatmap, say) with a loss on the
+    context alone, on the weights alone, or on both: every gradient matches the reference's."""
+    require(backend)
+    case = Case(batch=3, tq=4, tk=11, dq=5, dk=5, dv=3, attn=6, lengths=True, seed=5)
+    errors = module_errors(score, case, backend, torch.float64, outputs=outputs)
+    limit = tolerance(score, case, torch.float64)
+    bad = {name: error for name, error in errors.items() if not error <= limit}
+    assert not bad, f"{backend} {score} loss on {outputs}: errors above {limit:.1e}: {bad}"
 
 
 @pytest.mark.parametrize("score,dtype", [("additive", torch.float16), ("general", torch.bfloat16)],
