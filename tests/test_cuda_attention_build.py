@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch.utils.cpp_extension
 
-from cuda_attention_host_program import run_host_program
+from cuda_attention_programs import host_program, run
 from cuda_toolchain import CUDA_DIR, CUOBJDUMP, NVCC, compile_cu, disassemble, instructions
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
@@ -106,7 +106,7 @@ def _in_a_loop(sass: str, opcode_prefix: str) -> bool:
 def test_sass_tensor_cores_exact_fma_tanh_and_no_local_memory(reports, arch):
     if CUOBJDUMP is None:
         pytest.skip("no cuobjdump (neither in the CUDA toolkit nor in the triton wheel)")
-    traits = json.loads(run_host_program("traits"))
+    traits = json.loads(run(host_program(), "traits"))
     problems = []
     for report in reports.values():
         for name, sass in disassemble(report.object_path, f"sm_{arch}").items():

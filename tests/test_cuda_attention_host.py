@@ -18,27 +18,22 @@ import itertools
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from cuda_attention_host_program import run_host_program
+from cuda_attention_programs import ADDITIVE, DOT, DTYPE_CODES, check_against_reference, host_program, run
 from cuda_toolchain import NVCC
-from fused_rnn import reference
-from fused_rnn.parity import relative_error
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-ADDITIVE, DOT = 0, 1
-FORWARD, QUERIES, KEYS, VALUES = range(4)
+FORWARD, QUERIES, KEYS, VALUES = range(4)  # AttentionPass
 # (processors, opt-in shared memory per block, shared memory per multiprocessor), bytes.
 DEVICES = {"sm_90 H100/H200": (132, 232_448, 233_472), "sm_80 A100": (108, 166_912, 167_936)}
 RESERVED_PER_BLOCK = 1024  # shared memory the hardware keeps per resident block (sm_80, sm_90)
 
 
 def test_fragment_maps_match_the_ptx_semantics():
-    assert "fragments ok" in run_host_program("fragments")
+    assert "fragments ok" in run(host_program(), "fragments")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,112 +51,11 @@ SHAPES = [
 ]
 
 
-def _inputs(score, shape, dtype, seed):
-    batch, tq, tk, features, dv, lengths, _ = shape
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*size):  # rounded to dtype, so that the model and the reference see the same values
-        return torch.randn(*size, generator=generator, dtype=torch.float64).to(dtype).double()
-
-    inputs = {
-        "query": randn(batch, tq, features),
-        "keys": randn(batch, tk, features),
-        "v": randn(features) if score == ADDITIVE else torch.zeros(features, dtype=torch.float64),
-        "values": randn(batch, tk, dv),
-        "key_lengths": None,
-    }
-    if lengths:
-        key_lengths = torch.randint(1, tk + 1, (batch,), generator=generator)
-        key_lengths[0] = 1
-        inputs["key_lengths"] = key_lengths
-    return inputs, randn(batch, tq, dv), randn(batch, tq, tk)
-
-
-def _run(tmp_path, command, header, arrays, counts):
-    """Writes the problem (header: 16 int64 and the scale), runs `command`, returns its arrays."""
-    problem, result = tmp_path / f"{command}.in", tmp_path / f"{command}.out"
-    with open(problem, "wb") as file:
-        file.write(np.asarray(header[:16], dtype=np.int64).tobytes() + np.float64(header[16]).tobytes())
-        for array in arrays:
-            file.write(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-    run_host_program(command, str(problem), str(result))
-    flat = np.fromfile(result, dtype=np.float64)
-    assert flat.size == sum(math.prod(c) for c in counts)
-    outputs, start = [], 0
-    for count in counts:
-        size = math.prod(count)
-        outputs.append(torch.from_numpy(flat[start:start + size].copy()).reshape(count))
-        start += size
-    return outputs
-
-
-def _reference(score, inputs, dtype, need_weights, grad_context, grad_weights):
-    """The reference forward and backward in `dtype` -> float64 outputs by name."""
-    cast = {n: t if t is None or n == "key_lengths" else t.to(dtype) for n, t in inputs.items()}
-    scale = 0.37 if score == DOT else 1.0
-    if score == ADDITIVE:
-        forward_args = (cast["query"], cast["keys"], cast["v"], cast["values"], cast["key_lengths"])
-        context, lse, weights = reference.additive_attention_forward(*forward_args, need_weights)
-    else:
-        forward_args = (cast["query"], cast["keys"], cast["values"], cast["key_lengths"])
-        context, lse, weights = reference.dot_attention_forward(*forward_args, scale, need_weights)
-    gw = None if grad_weights is None else grad_weights.to(dtype)
-    saved = weights if gw is not None else None
-    gc = grad_context.to(dtype)
-    if score == ADDITIVE:
-        grads = reference.additive_attention_backward(gc, gw, *forward_args, context, lse, saved)
-    else:
-        d_query, d_keys, d_values = reference.dot_attention_backward(gc, gw, *forward_args, context, lse, saved, scale)
-        grads = (d_query, d_keys, None, d_values)
-    names = ("context", "lse", "weights", "d_query", "d_keys", "d_v", "d_values")
-    return {n: (t.double() if t is not None else None) for n, t in zip(names, (context, lse, weights, *grads))}
-
-
-def _model(tmp_path, score, shape, dtype, inputs, need_weights, grad_context, grad_weights):
-    batch, tq, tk, features, dv, lengths, processors = shape
-    scale = 0.37 if score == DOT else 1.0
-    header = [DTYPE_CODES[dtype], score, batch, tq, tk, features, dv, int(lengths), int(need_weights),
-              int(grad_weights is not None), processors, 232_448, 0, 0, 0, 0, scale]
-    lengths_array = inputs["key_lengths"] if lengths else torch.zeros(batch)
-    base = [inputs["query"], inputs["keys"], inputs["v"], inputs["values"], lengths_array.double()]
-    context, lse, weights = _run(tmp_path, "forward", header, base,
-                                 [(batch, tq, dv), (batch, tq), (batch, tq, tk) if need_weights else (0,)])
-    backward_arrays = [grad_context]
-    if grad_weights is not None:
-        backward_arrays.append(grad_weights)
-    backward_arrays += [context, lse]
-    if grad_weights is not None:
-        backward_arrays.append(weights)
-    d_query, d_keys, d_v, d_values = _run(
-        tmp_path, "backward", header, [*base, *backward_arrays],
-        [(batch, tq, features), (batch, tk, features), (features,), (batch, tk, dv)])
-    return {"context": context, "lse": lse, "weights": weights if need_weights else None, "d_query": d_query,
-            "d_keys": d_keys, "d_v": d_v if score == ADDITIVE else None, "d_values": d_values}
-
-
-def _limit(score, inputs, dtype, need_weights, grad_context, grad_weights, expected):
-    if dtype == torch.float64:
-        return 1e-12
-    if dtype == torch.float32:
-        return 1e-5
-    own = _reference(score, inputs, dtype, need_weights, grad_context, grad_weights)
-    return 2 * max(relative_error(own[n], expected[n]) for n in expected if expected[n] is not None)
-
-
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=str)
 @pytest.mark.parametrize("score", [ADDITIVE, DOT], ids=["additive", "dot"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_tile_loop_matches_reference(tmp_path, shape, score, dtype):
-    for seed, grad_weights_given in enumerate((False, True)):
-        inputs, grad_context, grad_weights = _inputs(score, shape, dtype, seed)
-        grad_weights = grad_weights if grad_weights_given else None
-        need_weights = True
-        expected = _reference(score, inputs, torch.float64, need_weights, grad_context, grad_weights)
-        actual = _model(tmp_path, score, shape, dtype, inputs, need_weights, grad_context, grad_weights)
-        limit = _limit(score, inputs, dtype, need_weights, grad_context, grad_weights, expected)
-        errors = {n: relative_error(actual[n], expected[n]) for n in expected if expected[n] is not None}
-        bad = {n: e for n, e in errors.items() if not e <= limit}
-        assert not bad, f"grad_weights={grad_weights_given}: errors above {limit:.1e}: {bad}"
+    check_against_reference(host_program(), tmp_path, score, shape, dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +69,7 @@ BUFFERS = ("rows", "cols", "value_rows", "value_cols", "v", "column_stats", "sco
 
 def _plans(problems):
     lines = "".join(" ".join(str(x) for x in problem) + "\n" for problem in problems)
-    return [json.loads(line) for line in run_host_program("plan", stdin=lines).splitlines()]
+    return [json.loads(line) for line in run(host_program(), "plan", stdin=lines).splitlines()]
 
 
 def _buffer_sizes(plan, pass_, score):

@@ -22,7 +22,7 @@ import json
 import pytest
 import torch
 
-from cuda_attention_host_program import run_host_program
+from cuda_attention_programs import host_program, run
 from cuda_toolchain import NVCC
 from fused_rnn import attention_parity
 from fused_rnn.attention_parity import Case
@@ -83,7 +83,7 @@ def worst_share(dtype, kind, monkeypatch) -> float:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_the_kernels_tanh_fits_the_tolerance_and_the_hardware_one_is_refused_only_where_it_does_not(
         dtype, monkeypatch):
-    kind = json.loads(run_host_program("traits"))[str(dtype).removeprefix("torch.")]["tanh"]
+    kind = json.loads(run(host_program(), "traits"))[str(dtype).removeprefix("torch.")]["tanh"]
     assert kind in ("hardware", "from_exp"), f"{dtype}: tanh {kind}"
     share = worst_share(dtype, kind, monkeypatch)
     assert share <= ALLOWED_SHARE, f"{dtype}: tanh {kind} adds up to {share:.3f}x the reference's error"

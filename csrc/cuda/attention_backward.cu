@@ -63,18 +63,18 @@ struct ChunkedOperands {
 };
 
 /// acc += the score (kScore) of rows . cols^T for the column tile starting at col0, over every
-/// chunk, the chunks in the order that ends with `last` (so that it stays staged for the
-/// gradient). Starts with a barrier: the caller's earlier reads of the buffers are done.
+/// chunk in the forward's order (the recomputed scores then match the forward's, and the
+/// weights exp(score - lse) sum to one), leaving chunk `keep` of both operands staged for the
+/// gradient. Starts with a barrier: the caller's earlier reads of the buffers are done.
 template <typename Scalar, AttentionScore kScore, int kColumns>
 __device__ void chunked_tile(AccOf<Scalar> (&acc)[kColumns / 8][4], const ChunkedOperands<Scalar>& op,
-                             int64_t col0, int last, bool first_tile) {
+                             int64_t col0, int keep, bool first_tile) {
   const int warp = threadIdx.x / 32;
-  for (int i = 0; i < op.chunks; ++i) {
-    const int c = (last + 1 + i) % op.chunks;
+  auto stage = [&](int c, bool rows) {
     const int64_t start = int64_t{c} * op.chunk;
     const int width = chunk_width(c, op.chunk, op.size);
     __syncthreads();
-    if (op.chunks > 1 || first_tile) {
+    if (rows) {
       stage_tile(op.rows_tile, op.stride, op.rows, op.row0, op.block_rows, start, width, op.aligned);
       if constexpr (kScore == AttentionScore::kAdditive) stage_vector(op.v_tile, op.v, start, width, op.size);
     }
@@ -82,9 +82,14 @@ __device__ void chunked_tile(AccOf<Scalar> (&acc)[kColumns / 8][4], const Chunke
     copy_async_commit();
     copy_async_wait<0>();
     __syncthreads();
+    return width;
+  };
+  for (int c = 0; c < op.chunks; ++c) {
+    const int width = stage(c, op.chunks > 1 || first_tile);
     score_tile<Scalar, kScore, kColumns>(acc, op.rows_tile + warp * kAttentionRowsPerWarp * op.stride,
                                          op.cols_tile, op.v_tile, op.stride, width);
   }
+  if (op.chunks > 1 && keep != op.chunks - 1) stage(keep, true);
 }
 
 /// Writes the warp's [16, width) accumulator tile (accumulator layout) times `factor` into the
@@ -155,7 +160,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   constexpr int kColumns = attention_block_columns(kDType, AttentionPass::kQueries);
   constexpr int kWidth = attention_output_width(kDType);
   constexpr bool kAdditive = kScore == AttentionScore::kAdditive;
-  extern __shared__ __align__(16) unsigned char shared[];
+  FUSED_RNN_DYNAMIC_SHARED_MEMORY(shared);
   const AttentionSharedLayout layout = attention_shared_layout(AttentionPass::kQueries, kScore, kDType, tiling);
 
   const AttentionShape n = p.shape;
@@ -344,7 +349,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   using Rows = KeyRows<Scalar, kScore, AttentionPass::kValues>;
   constexpr int kColumns = Rows::kColumns;
   constexpr int kWidth = attention_output_width(Rows::kDType);
-  extern __shared__ __align__(16) unsigned char shared[];
+  FUSED_RNN_DYNAMIC_SHARED_MEMORY(shared);
   const Rows rows(p, tiling, shared, tiling.value_chunk, p.shape.value_size);
   Scalar* grad_context_tile = reinterpret_cast<Scalar*>(shared + rows.layout.value_cols);
   const Acc scale2 = static_cast<Acc>(p.scale * kLog2e);
@@ -377,7 +382,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   constexpr int kColumns = Rows::kColumns;
   constexpr int kWidth = attention_output_width(Rows::kDType);
   constexpr bool kAdditive = kScore == AttentionScore::kAdditive;
-  extern __shared__ __align__(16) unsigned char shared[];
+  FUSED_RNN_DYNAMIC_SHARED_MEMORY(shared);
   const Rows rows(p, tiling, shared, tiling.feature_chunk, p.shape.features);
   const AttentionShape n = p.shape;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -31,6 +31,7 @@ cudaError_t dispatch_attention(DType dtype, AttentionScore score, const Launch& 
   return cudaErrorInvalidValue;
 }
 
+#if !defined(FUSED_RNN_CUDA_EMULATION)  // tests/cuda_emulation.h runs the blocks on the host
 /// kernel<<<grid, block, shared_bytes, stream>>>(args...), raising the kernel's dynamic shared
 /// memory limit first when it needs more than the default 48 KiB.
 template <typename... Params, typename... Args>
@@ -45,5 +46,6 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, int6
   kernel<<<grid, block, static_cast<size_t>(shared_bytes), stream>>>(args...);
   return cudaGetLastError();
 }
+#endif
 
 }  // namespace fused_rnn::cuda::attention

@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   constexpr DType kDType = Numerics<Scalar>::kDType;
   constexpr int kColumns = attention_block_columns(kDType, AttentionPass::kForward);
   constexpr int kWidth = attention_output_width(kDType);
-  extern __shared__ __align__(16) unsigned char shared[];
+  FUSED_RNN_DYNAMIC_SHARED_MEMORY(shared);
   const AttentionSharedLayout layout = attention_shared_layout(AttentionPass::kForward, kScore, kDType, tiling);
   Scalar* rows_tile = reinterpret_cast<Scalar*>(shared + layout.rows);
   Scalar* cols_tile = reinterpret_cast<Scalar*>(shared + layout.cols);

@@ -19,8 +19,13 @@ namespace fused_rnn::cuda::attention {
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // ------------------------------------------------------------------------------------------------
-// PTX wrappers.
+// PTX wrappers (tests/cuda_emulation.h defines them on the host, from the PTX ISA's semantics).
 // ------------------------------------------------------------------------------------------------
+
+#if !defined(FUSED_RNN_CUDA_EMULATION)
+
+/// The block's dynamic shared memory, 16-byte aligned.
+#define FUSED_RNN_DYNAMIC_SHARED_MEMORY(name) extern __shared__ __align__(16) unsigned char name[]
 
 __device__ __forceinline__ uint32_t shared_address(const void* pointer) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
@@ -69,6 +74,8 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
+
+#endif  // !FUSED_RNN_CUDA_EMULATION
 
 /// Two floats rounded to Scalar in one register, `low` in the lower half (the lower column).
 template <typename Scalar>
