@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import functools
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -58,17 +59,20 @@ def host_program() -> Path:
 @functools.lru_cache(maxsize=None)
 def emulation_program() -> Path:
     """The kernels compiled as host C++ (nvcc -x c++ drives the host compiler with the CUDA headers
-    and runtime) with the emulation force-included."""
-    host_flags = f"-pthread,-Wno-attributes,-include,{TESTS / 'cuda_emulation.h'}"
+    and runtime) with the emulation force-included, under AddressSanitizer: a read or write past
+    any input, output, workspace or shared-memory buffer fails the run."""
+    host_flags = f"-pthread,-Wno-attributes,-fsanitize=address,-include,{TESTS / 'cuda_emulation.h'}"
     return _build("cuda_attention_emulation", [
         NVCC, "-std=c++20", "-O1", "-Xcompiler", host_flags, "-x", "c++", str(CUDA_DIR / "attention_forward.cu"),
         str(CUDA_DIR / "attention_backward.cu"), str(TESTS / "cuda_attention_emulation.cpp"),
-        str(CUDA_DIR / "attention_plan.cpp"), "-lpthread"])
+        str(CUDA_DIR / "attention_plan.cpp"), "-lasan", "-lpthread"])
 
 
 def run(program: Path, *arguments: str, stdin: Optional[str] = None) -> str:
     """The program's standard output; AssertionError with its output when it fails."""
-    result = subprocess.run([str(program), *arguments], input=stdin, capture_output=True, text=True, timeout=600)
+    environment = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    result = subprocess.run([str(program), *arguments], input=stdin, capture_output=True, text=True, timeout=600,
+                            env=environment)
     assert result.returncode == 0, f"{program.name} {' '.join(arguments)}: {result.stdout}{result.stderr}"
     return result.stdout
 
