@@ -60,6 +60,19 @@ def test_requested_weights_with_a_loss_on_either_output(backend, score, outputs)
     assert not bad, f"{backend} {score} loss on {outputs}: errors above {limit:.1e}: {bad}"
 
 
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("backend", ["reference", "triton", "native"])
+def test_parity_without_weights(backend, score):
+    """need_weights=False: no weights stored or returned, the context and every gradient as the
+    reference's."""
+    require(backend)
+    case = CASES[2]
+    errors = module_errors(score, case, backend, torch.float64, need_weights=False)
+    assert "weights" not in errors
+    bad = {name: error for name, error in errors.items() if not error <= tolerance(score, case, torch.float64)}
+    assert not bad, f"{backend} {score}: {bad}"
+
+
 @pytest.mark.parametrize("score,dtype", [("additive", torch.float16), ("general", torch.bfloat16)],
                          ids=["additive-float16", "general-bfloat16"])
 def test_triton_half_precision_parity_in_interpreter(score, dtype):
