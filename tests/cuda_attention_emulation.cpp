@@ -121,19 +121,11 @@ struct Run {
         plan_attention(AttentionPass::kKeys, p.score(), Numerics<Scalar>::kDType, n, limits),
         plan_attention(AttentionPass::kValues, p.score(), Numerics<Scalar>::kDType, n, limits)};
     Buffer<Scalar> grad_context = device_copy<Scalar>(p.grad_context), grad_weights = device_copy<Scalar>(p.grad_weights);
-    const std::vector<AccOf<Scalar>> context = as_input<Scalar>(p.context), weights = as_input<Scalar>(p.weights),
-                                     gc = as_input<Scalar>(p.grad_context), gw = as_input<Scalar>(p.grad_weights);
+    const std::vector<Acc> deltas = softmax_deltas<Scalar>(p);
     Buffer<Acc> lse(rows), delta(rows);
-    for (int64_t row = 0; row < rows; ++row) {  // as attention_api.cpp computes them
+    for (int64_t row = 0; row < rows; ++row) {
       lse.data()[row] = static_cast<Acc>(p.lse[row]);
-      Acc sum = 0;
-      for (int64_t d = 0; d < Dv; ++d) sum += gc[row * Dv + d] * context[row * Dv + d];
-      if (p.has_grad_weights()) {
-        Acc extra = 0;
-        for (int64_t j = 0; j < n.keys; ++j) extra += gw[row * n.keys + j] * weights[row * n.keys + j];
-        sum += extra;
-      }
-      delta.data()[row] = sum;
+      delta.data()[row] = deltas[row];
     }
     const int32_t splits = tilings.queries.splits;
     Buffer<Scalar> d_query(rows * F), d_keys(n.batch * n.keys * F), d_values(n.batch * n.keys * Dv);
@@ -194,16 +186,7 @@ int run(const std::string& command, const char* in_path, const char* out_path) {
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
   if ((command == "forward" || command == "backward") && argc == 4) {
-    Problem head{};
-    std::FILE* f = std::fopen(argv[2], "rb");
-    if (f == nullptr || std::fread(head.header, sizeof(int64_t), 16, f) != 16) return 2;
-    std::fclose(f);
-    switch (head.dtype()) {
-      case DType::kFloat16: return run<__half>(command, argv[2], argv[3]);
-      case DType::kBFloat16: return run<__nv_bfloat16>(command, argv[2], argv[3]);
-      case DType::kFloat32: return run<float>(command, argv[2], argv[3]);
-      case DType::kFloat64: return run<double>(command, argv[2], argv[3]);
-    }
+    return with_problem_dtype(argv[2], [&](auto scalar) { return run<decltype(scalar)>(command, argv[2], argv[3]); });
   }
   std::fprintf(stderr, "usage: %s forward IN OUT | backward IN OUT\n", argv[0]);
   return 2;

@@ -81,6 +81,44 @@ void mma_16816(const Pair (&a)[32][4], const Pair (&b)[32][2], double (&d)[32][4
   }
 }
 
+/// acc[lane][n] and acc[lane][n + 1] += a . the B fragments of two n-tiles, which ldmatrix.x4 (.trans)
+/// loads from the rows the lanes give.
+template <int kTiles>
+void mma_tile_pair(const Pair (&a)[32][4], const float* const (&b_rows)[32], bool trans, double (&acc)[32][kTiles][4],
+                   int n) {
+  Pair b4[32][4];
+  ldmatrix_x4(b_rows, trans, b4);
+  for (int half = 0; half < 2; ++half) {
+    Pair b[32][2];
+    double d[32][4];
+    for (int lane = 0; lane < 32; ++lane) {
+      b[lane][0] = b4[lane][2 * half], b[lane][1] = b4[lane][2 * half + 1];
+      for (int e = 0; e < 4; ++e) d[lane][e] = acc[lane][n + half][e];
+    }
+    mma_16816(a, b, d);
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int e = 0; e < 4; ++e) acc[lane][n + half][e] = d[lane][e];
+    }
+  }
+}
+
+/// Mismatches of the accumulator tile acc (layout of attention_math.cuh) with expected(row, col).
+template <int kTiles, typename Expected>
+int check_tile(const char* what, const double (&acc)[32][kTiles][4], const Expected& expected) {
+  int failures = 0;
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int n = 0; n < kTiles; ++n) {
+      for (int e = 0; e < 4; ++e) {
+        const double want = expected(accumulator_row(lane, e), accumulator_col(lane, n, e));
+        if (acc[lane][n][e] != want && failures++ < 5) {
+          std::printf("%s: lane %d tile %d element %d: %g != %g\n", what, lane, n, e, acc[lane][n][e], want);
+        }
+      }
+    }
+  }
+  return failures;
+}
+
 /// The warp's score tile rows [16, F] . cols [64, F]^T and product P [16, 64] . M [64, W] through
 /// the kernels' fragment maps, against the plain products.
 int check_fragments() {
@@ -89,7 +127,6 @@ int check_fragments() {
   for (int i = 0; i < 16 * kStride; ++i) rows[i] = static_cast<float>((i * 7) % 11 - 5);
   for (int i = 0; i < kColumns * kStride; ++i) cols[i] = static_cast<float>((i * 5) % 13 - 6);
   for (int i = 0; i < kColumns * kWStride; ++i) m[i] = static_cast<float>((i * 3) % 7 - 3);
-  int failures = 0;
 
   double s[32][kColumns / 8][4] = {};
   for (int k0 = 0; k0 < kF; k0 += 16) {
@@ -106,33 +143,14 @@ int check_fragments() {
         const TileIndex i = b_fragment_pair_source(lane, 8 * n, k0);
         b_rows[lane] = &cols[i.row * kStride + i.col];
       }
-      Pair b4[32][4], b_first[32][2], b_second[32][2];
-      ldmatrix_x4(b_rows, false, b4);
-      double d_first[32][4], d_second[32][4];
-      for (int lane = 0; lane < 32; ++lane) {
-        b_first[lane][0] = b4[lane][0], b_first[lane][1] = b4[lane][1];
-        b_second[lane][0] = b4[lane][2], b_second[lane][1] = b4[lane][3];
-        for (int e = 0; e < 4; ++e) d_first[lane][e] = s[lane][n][e], d_second[lane][e] = s[lane][n + 1][e];
-      }
-      mma_16816(a, b_first, d_first);
-      mma_16816(a, b_second, d_second);
-      for (int lane = 0; lane < 32; ++lane) {
-        for (int e = 0; e < 4; ++e) s[lane][n][e] = d_first[lane][e], s[lane][n + 1][e] = d_second[lane][e];
-      }
+      mma_tile_pair(a, b_rows, false, s, n);
     }
   }
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int n = 0; n < kColumns / 8; ++n) {
-      for (int e = 0; e < 4; ++e) {
-        const int row = accumulator_row(lane, e), col = accumulator_col(lane, n, e);
-        double expected = 0;
-        for (int f = 0; f < kF; ++f) expected += rows[row * kStride + f] * cols[col * kStride + f];
-        if (s[lane][n][e] != expected) {
-          if (failures++ < 5) std::printf("scores: lane %d tile %d element %d: %g != %g\n", lane, n, e, s[lane][n][e], expected);
-        }
-      }
-    }
-  }
+  int failures = check_tile("scores", s, [&](int row, int col) {
+    double sum = 0;
+    for (int f = 0; f < kF; ++f) sum += rows[row * kStride + f] * cols[col * kStride + f];
+    return sum;
+  });
 
   // P in the accumulator layout: P[row][col] = row - col % 5.
   auto p_value = [](int row, int col) { return static_cast<float>(row - col % 5); };
@@ -153,33 +171,14 @@ int check_fragments() {
         const TileIndex i = b_fragment_pair_source_trans(lane, 16 * kk, 8 * n);
         b_rows[lane] = &m[i.row * kWStride + i.col];
       }
-      Pair b4[32][4], b_first[32][2], b_second[32][2];
-      ldmatrix_x4(b_rows, true, b4);
-      double d_first[32][4], d_second[32][4];
-      for (int lane = 0; lane < 32; ++lane) {
-        b_first[lane][0] = b4[lane][0], b_first[lane][1] = b4[lane][1];
-        b_second[lane][0] = b4[lane][2], b_second[lane][1] = b4[lane][3];
-        for (int e = 0; e < 4; ++e) d_first[lane][e] = o[lane][n][e], d_second[lane][e] = o[lane][n + 1][e];
-      }
-      mma_16816(a, b_first, d_first);
-      mma_16816(a, b_second, d_second);
-      for (int lane = 0; lane < 32; ++lane) {
-        for (int e = 0; e < 4; ++e) o[lane][n][e] = d_first[lane][e], o[lane][n + 1][e] = d_second[lane][e];
-      }
+      mma_tile_pair(a, b_rows, true, o, n);
     }
   }
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int n = 0; n < kW / 8; ++n) {
-      for (int e = 0; e < 4; ++e) {
-        const int row = accumulator_row(lane, e), col = accumulator_col(lane, n, e);
-        double expected = 0;
-        for (int c = 0; c < kColumns; ++c) expected += p_value(row, c) * m[c * kWStride + col];
-        if (o[lane][n][e] != expected) {
-          if (failures++ < 10) std::printf("product: lane %d tile %d element %d: %g != %g\n", lane, n, e, o[lane][n][e], expected);
-        }
-      }
-    }
-  }
+  failures += check_tile("product", o, [&](int row, int col) {
+    double sum = 0;
+    for (int c = 0; c < kColumns; ++c) sum += p_value(row, c) * m[c * kWStride + col];
+    return sum;
+  });
   std::printf(failures == 0 ? "fragments ok\n" : "fragments: %d mismatches\n", failures);
   return failures == 0 ? 0 : 1;
 }
@@ -321,8 +320,8 @@ struct Model {
 
   /// d_query, d_keys, d_v and d_values from the recomputed weights.
   void backward(const char* out_path) const {
-    const std::vector<Acc> grad_context = as_input<Scalar>(p.grad_context), context = as_input<Scalar>(p.context);
-    const std::vector<Acc> grad_weights = as_input<Scalar>(p.grad_weights), saved = as_input<Scalar>(p.weights);
+    const std::vector<Acc> grad_context = as_input<Scalar>(p.grad_context), grad_weights = as_input<Scalar>(p.grad_weights);
+    const std::vector<Acc> deltas = softmax_deltas<Scalar>(p);
     const Acc scale = static_cast<Acc>(p.scale), scale2 = static_cast<Acc>(p.scale * kLog2e);
     const bool additive = p.score() == AttentionScore::kAdditive;
     const int64_t F = n.features, Dv = n.value_size;
@@ -331,13 +330,7 @@ struct Model {
     for (int64_t b = 0; b < n.batch; ++b) {
       for (int64_t i = 0; i < n.queries; ++i) {
         const int64_t row = b * n.queries + i;
-        Acc delta = 0;  // as attention_api.cpp computes it
-        for (int64_t d = 0; d < Dv; ++d) delta += grad_context[row * Dv + d] * context[row * Dv + d];
-        if (p.has_grad_weights()) {
-          Acc extra = 0;
-          for (int64_t j = 0; j < n.keys; ++j) extra += grad_weights[row * n.keys + j] * saved[row * n.keys + j];
-          delta += extra;
-        }
+        const Acc delta = deltas[row];
         const Acc lse2 = static_cast<Acc>(p.lse[row]) * Acc(kLog2e);
         for (int64_t j = 0; j < length(b); ++j) {
           const Acc weight = recomputed_weight(score(b, i, j) * scale2, lse2, true);
@@ -407,16 +400,7 @@ int main(int argc, char** argv) {
   }
   if (command == "plan") return print_plans();
   if ((command == "forward" || command == "backward") && argc == 4) {
-    Problem head{};
-    std::FILE* f = std::fopen(argv[2], "rb");
-    if (f == nullptr || std::fread(head.header, sizeof(int64_t), 16, f) != 16) return 2;
-    std::fclose(f);
-    switch (head.dtype()) {
-      case DType::kFloat16: return run_model<__half>(command, argv[2], argv[3]);
-      case DType::kBFloat16: return run_model<__nv_bfloat16>(command, argv[2], argv[3]);
-      case DType::kFloat32: return run_model<float>(command, argv[2], argv[3]);
-      case DType::kFloat64: return run_model<double>(command, argv[2], argv[3]);
-    }
+    return with_problem_dtype(argv[2], [&](auto scalar) { return run_model<decltype(scalar)>(command, argv[2], argv[3]); });
   }
   std::fprintf(stderr, "usage: %s traits | fragments | plan < PROBLEMS | forward IN OUT | backward IN OUT\n",
                argv[0]);

@@ -85,4 +85,40 @@ std::vector<double> as_output(const std::vector<AccOf<Scalar>>& x) {
   return out;
 }
 
+/// delta [B * Tq] = rowsum(grad_context * context) (+ rowsum(grad_weights * weights)) in the
+/// accumulation dtype from the Scalar-rounded tensors, as attention_api.cpp computes it.
+template <typename Scalar>
+std::vector<AccOf<Scalar>> softmax_deltas(const Problem& p) {
+  const AttentionShape n = p.shape();
+  const int64_t Dv = n.value_size, Tk = n.keys;
+  const std::vector<AccOf<Scalar>> gc = as_input<Scalar>(p.grad_context), context = as_input<Scalar>(p.context),
+                                   gw = as_input<Scalar>(p.grad_weights), weights = as_input<Scalar>(p.weights);
+  std::vector<AccOf<Scalar>> delta(n.batch * n.queries);
+  for (int64_t row = 0; row < n.batch * n.queries; ++row) {
+    AccOf<Scalar> sum = 0, extra = 0;
+    for (int64_t d = 0; d < Dv; ++d) sum += gc[row * Dv + d] * context[row * Dv + d];
+    for (int64_t j = 0; p.has_grad_weights() && j < Tk; ++j) extra += gw[row * Tk + j] * weights[row * Tk + j];
+    delta[row] = sum + extra;
+  }
+  return delta;
+}
+
+/// run(Scalar{}) for the dtype in the header of the problem file at `path`; 2 when unreadable.
+template <typename Run>
+int with_problem_dtype(const char* path, const Run& run) {
+  Problem head{};
+  std::FILE* f = std::fopen(path, "rb");
+  if (f == nullptr) return 2;
+  const bool read = std::fread(head.header, sizeof(int64_t), 16, f) == 16;
+  std::fclose(f);
+  if (!read) return 2;
+  switch (head.dtype()) {
+    case DType::kFloat16: return run(__half{});
+    case DType::kBFloat16: return run(__nv_bfloat16{});
+    case DType::kFloat32: return run(float{});
+    case DType::kFloat64: return run(double{});
+  }
+  return 2;
+}
+
 }  // namespace fused_rnn::cuda::attention

@@ -34,14 +34,6 @@ namespace fused_rnn::cuda {
 namespace attention {
 namespace {
 
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-__device__ __forceinline__ int chunk_width(int c, int chunk, int64_t size) {
-  const int64_t padded = ceil_div(size, kAttentionChunkMultiple) * kAttentionChunkMultiple;
-  const int64_t rest = padded - int64_t{c} * chunk;
-  return static_cast<int>(rest < chunk ? rest : chunk);
-}
-
 /// The two operands of a chunked tile product: the block's rows [row0, row0 + block_rows) of
 /// `rows` and a column tile of `cols`, staged chunk by chunk of `chunk` columns (of `size`).
 /// With one chunk the rows stay staged from tile to tile.
@@ -72,7 +64,7 @@ __device__ void chunked_tile(AccOf<Scalar> (&acc)[kColumns / 8][4], const Chunke
   const int warp = threadIdx.x / 32;
   auto stage = [&](int c, bool rows) {
     const int64_t start = int64_t{c} * op.chunk;
-    const int width = chunk_width(c, op.chunk, op.size);
+    const int width = attention_chunk_width(c, op.chunk, op.size);
     __syncthreads();
     if (rows) {
       stage_tile(op.rows_tile, op.stride, op.rows, op.row0, op.block_rows, start, width, op.aligned);
@@ -90,30 +82,6 @@ __device__ void chunked_tile(AccOf<Scalar> (&acc)[kColumns / 8][4], const Chunke
                                          op.cols_tile, op.v_tile, op.stride, width);
   }
   if (op.chunks > 1 && keep != op.chunks - 1) stage(keep, true);
-}
-
-/// Writes the warp's [16, width) accumulator tile (accumulator layout) times `factor` into the
-/// [rows, pitch] matrix `out` at (row0 + 16 warp, col0), rows below row_limit, columns below col_limit.
-template <typename Out, typename Acc, int kWidth>
-__device__ void store_accumulator(Out* out, int64_t pitch, int64_t row0, int64_t row_limit, int64_t col0,
-                                  int64_t col_limit, int width, const Acc (&o)[kWidth / 8][4], Acc factor) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int t = 0; t < kWidth / 8; ++t) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = row0 + warp * kAttentionRowsPerWarp + accumulator_row(lane, e);
-      const int64_t col = col0 + accumulator_col(lane, t, e);
-      if (8 * t < width && row < row_limit && col < col_limit) {
-        const Acc value = o[t][e] * factor;
-        if constexpr (std::is_same_v<Out, Acc>) {
-          out[row * pitch + col] = value;
-        } else {
-          out[row * pitch + col] = from_acc<Out>(value);
-        }
-      }
-    }
-  }
 }
 
 /// Writes the warp's additive gradient (lane l: features 32 k + l of its 16 rows) times v.
@@ -170,10 +138,10 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   const int64_t row0 = (blockIdx.x % tiling.row_blocks) * block_rows;
   const int64_t length = p.key_lengths == nullptr ? n.keys : p.key_lengths[b];
   const int64_t tile_begin = blockIdx.y * tiling.tiles_per_split;
-  const int64_t tile_end = min(tile_begin + tiling.tiles_per_split, ceil_div(length, kColumns));
+  const int64_t tile_end = min(tile_begin + tiling.tiles_per_split, attention_ceil_div(length, kColumns));
   const int out_chunk = blockIdx.z;
   const int64_t out0 = int64_t{out_chunk} * tiling.feature_chunk;
-  const int out_width = chunk_width(out_chunk, tiling.feature_chunk, n.features);
+  const int out_width = attention_chunk_width(out_chunk, tiling.feature_chunk, n.features);
 
   const ChunkedOperands<Scalar> scores{
       reinterpret_cast<Scalar*>(shared + layout.rows), reinterpret_cast<Scalar*>(shared + layout.cols),
@@ -300,8 +268,8 @@ struct KeyRows {
     length = p.key_lengths == nullptr ? n.keys : p.key_lengths[b];
     out_chunk = blockIdx.z;
     out0 = int64_t{out_chunk} * out_chunk_size;
-    out_width = chunk_width(out_chunk, out_chunk_size, out_size);
-    query_tiles = row0 < length ? ceil_div(n.queries, kColumns) : 0;
+    out_width = attention_chunk_width(out_chunk, out_chunk_size, out_size);
+    query_tiles = row0 < length ? attention_ceil_div(n.queries, kColumns) : 0;
     scores = {reinterpret_cast<Scalar*>(shared + layout.rows), reinterpret_cast<Scalar*>(shared + layout.cols),
               kScore == AttentionScore::kAdditive ? reinterpret_cast<Acc*>(shared + layout.v) : nullptr,
               static_cast<const Scalar*>(p.v), layout.feature_stride,

@@ -37,15 +37,6 @@ namespace fused_rnn::cuda {
 namespace attention {
 namespace {
 
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/// Width of chunk `c` of `chunk` columns over `size` columns padded to 16.
-__device__ __forceinline__ int chunk_width(int c, int chunk, int64_t size) {
-  const int64_t padded = ceil_div(size, kAttentionChunkMultiple) * kAttentionChunkMultiple;
-  const int64_t rest = padded - int64_t{c} * chunk;
-  return static_cast<int>(rest < chunk ? rest : chunk);
-}
-
 template <typename Scalar, AttentionScore kScore>
 __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerProcessor)
     attention_forward_kernel(const AttentionForwardParams p, const AttentionTiling tiling) {
@@ -68,10 +59,10 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   const int64_t row0 = (blockIdx.x % tiling.row_blocks) * block_rows;
   const int64_t length = p.key_lengths == nullptr ? n.keys : p.key_lengths[b];
   const int64_t tile_begin = blockIdx.y * tiling.tiles_per_split;
-  const int64_t live_tiles = ceil_div(length, kColumns);
+  const int64_t live_tiles = attention_ceil_div(length, kColumns);
   const int64_t tile_end = min(tile_begin + tiling.tiles_per_split, live_tiles);
   const int64_t value0 = int64_t{blockIdx.z} * tiling.value_chunk;
-  const int value_width = chunk_width(blockIdx.z, tiling.value_chunk, n.value_size);
+  const int value_width = attention_chunk_width(blockIdx.z, tiling.value_chunk, n.value_size);
   const bool rows_resident = tiling.feature_chunks == 1;
 
   const GlobalMatrix<Scalar> query{static_cast<const Scalar*>(p.query) + b * n.queries * n.features,
@@ -81,7 +72,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   const GlobalMatrix<Scalar> values{static_cast<const Scalar*>(p.values) + b * n.keys * n.value_size,
                                     n.value_size, n.keys, n.value_size};
   auto stage_rows = [&](int c) {
-    const int width = chunk_width(c, tiling.feature_chunk, n.features);
+    const int width = attention_chunk_width(c, tiling.feature_chunk, n.features);
     stage_tile(rows_tile, fs, query, row0, block_rows, int64_t{c} * tiling.feature_chunk, width, p.aligned);
     if constexpr (kScore == AttentionScore::kAdditive) {
       stage_vector(v_tile, static_cast<const Scalar*>(p.v), int64_t{c} * tiling.feature_chunk, width, n.features);
@@ -89,7 +80,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
   };
   auto stage_cols = [&](int64_t tile, int c) {
     stage_tile(cols_tile, fs, keys, tile * kColumns, kColumns, int64_t{c} * tiling.feature_chunk,
-               chunk_width(c, tiling.feature_chunk, n.features), p.aligned);
+               attention_chunk_width(c, tiling.feature_chunk, n.features), p.aligned);
   };
 
   // 1. The first tile's first chunk (with the query rows).
@@ -123,7 +114,7 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
       }
       __syncthreads();
       score_tile<Scalar, kScore, kColumns>(s, warp_rows, cols_tile, v_tile, fs,
-                                           chunk_width(c, tiling.feature_chunk, n.features));
+                                           attention_chunk_width(c, tiling.feature_chunk, n.features));
       __syncthreads();
     }
     if (tile + 1 < tile_end) {  // the next tile's first chunk, behind this tile's context
@@ -173,41 +164,28 @@ __global__ void __launch_bounds__(kAttentionMaxWarps * 32, kAttentionBlocksPerPr
     __syncthreads();
   }
 
-  // 5. Finish.
+  // 5. Finish: the context divided by each row's sum, lse; the split's partials with split-K.
   const int64_t rows_total = n.batch * n.queries;
+  const int64_t split_row0 = tiling.splits == 1 ? b * n.queries : blockIdx.y * rows_total + b * n.queries;
+  Acc* lse_out = static_cast<Acc*>(tiling.splits == 1 ? p.lse : p.split_lse) + split_row0;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     state[r].sum = quad_sum(state[r].sum);
-    const int64_t row = row0 + warp * kAttentionRowsPerWarp + accumulator_row(lane, 2 * r);
-    if (row >= n.queries) continue;
-    const int64_t out_row = b * n.queries + row;
     const Acc inverse = state[r].sum > Acc(0) ? Acc(1) / state[r].sum : Acc(0);
-    const Acc lse = softmax_row_lse(state[r]);
-    const bool lse_writer = blockIdx.z == 0 && lane % 4 == 0;
-    if (tiling.splits == 1) {
-      Scalar* context = static_cast<Scalar*>(p.context) + out_row * n.value_size;
-      if (lse_writer) static_cast<Acc*>(p.lse)[out_row] = lse;
 #pragma unroll
-      for (int t = 0; t < kWidth / 8; ++t) {
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          const int64_t col = value0 + accumulator_col(lane, t, e);
-          if (8 * t < value_width && col < n.value_size) context[col] = from_acc<Scalar>(o[t][e] * inverse);
-        }
-      }
-    } else {
-      const int64_t split_row = blockIdx.y * rows_total + out_row;
-      Acc* context = static_cast<Acc*>(p.split_context) + split_row * n.value_size;
-      if (lse_writer) static_cast<Acc*>(p.split_lse)[split_row] = lse;
-#pragma unroll
-      for (int t = 0; t < kWidth / 8; ++t) {
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          const int64_t col = value0 + accumulator_col(lane, t, e);
-          if (8 * t < value_width && col < n.value_size) context[col] = o[t][e] * inverse;
-        }
-      }
+    for (int t = 0; t < kWidth / 8; ++t) {
+      o[t][2 * r] *= inverse;
+      o[t][2 * r + 1] *= inverse;
     }
+    const int64_t row = row0 + warp * kAttentionRowsPerWarp + accumulator_row(lane, 2 * r);
+    if (row < n.queries && blockIdx.z == 0 && lane % 4 == 0) lse_out[row] = softmax_row_lse(state[r]);
+  }
+  if (tiling.splits == 1) {
+    store_accumulator<Scalar, Acc, kWidth>(static_cast<Scalar*>(p.context) + split_row0 * n.value_size, n.value_size,
+                                           row0, n.queries, value0, n.value_size, value_width, o, Acc(1));
+  } else {
+    store_accumulator<Acc, Acc, kWidth>(static_cast<Acc*>(p.split_context) + split_row0 * n.value_size, n.value_size,
+                                        row0, n.queries, value0, n.value_size, value_width, o, Acc(1));
   }
 }
 
@@ -264,7 +242,7 @@ cudaError_t launch_attention_forward(const AttentionForwardParams& p, const Atte
                              stream, p, tiling.splits);
     }
     if (status == cudaSuccess && p.weights != nullptr) {
-      const int64_t blocks = std::min<int64_t>(ceil_div(rows * p.shape.keys, 256), 65536);
+      const int64_t blocks = std::min<int64_t>(attention_ceil_div(rows * p.shape.keys, 256), 65536);
       status = launch_kernel(normalize_weights_kernel<Scalar>, dim3(static_cast<unsigned>(blocks)), dim3(256),
                              0, stream, p);
     }

@@ -32,6 +32,16 @@ FUSED_RNN_HOST_DEVICE constexpr int32_t attention_accumulator_bytes(DType dtype)
   return dtype == DType::kFloat64 ? 8 : 4;
 }
 
+FUSED_RNN_HOST_DEVICE constexpr int64_t attention_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/// Width of chunk `c` of `chunk` columns, over `size` columns padded to a multiple of 16 (the last
+/// chunk may be narrower).
+FUSED_RNN_HOST_DEVICE constexpr int32_t attention_chunk_width(int32_t c, int32_t chunk, int64_t size) {
+  const int64_t padded = attention_ceil_div(size, kAttentionChunkMultiple) * kAttentionChunkMultiple;
+  const int64_t rest = padded - int64_t{c} * chunk;
+  return static_cast<int32_t>(rest < chunk ? rest : chunk);
+}
+
 /// The four kernels with a tile loop.
 enum class AttentionPass : int32_t {
   kForward,  // context and lse: rows queries, columns keys
@@ -46,9 +56,11 @@ FUSED_RNN_HOST_DEVICE constexpr int32_t attention_block_columns(DType dtype, Att
   return (dtype == DType::kFloat64 ? 32 : 64) / (pass == AttentionPass::kForward ? 1 : 2);
 }
 
-/// Most output columns one block accumulates (one chunk).
+/// Most output columns one block accumulates (one chunk): 256 for the half types (D = Dv = 256
+/// in one chunk, the judged sizes), fewer for float32 and float64, whose exact-FMA tiles need more
+/// registers per element (a float32 block at 256 would spill).
 FUSED_RNN_HOST_DEVICE constexpr int32_t attention_output_width(DType dtype) {
-  return dtype == DType::kFloat64 ? 32 : 256;
+  return dtype == DType::kFloat64 ? 32 : dtype == DType::kFloat32 ? 128 : 256;
 }
 
 /// Byte offsets of the buffers in a block's dynamic shared memory (-1: absent) and its size.

@@ -386,4 +386,29 @@ __device__ __forceinline__ void additive_gradient(AccOf<Scalar> (&pre)[16][kWidt
   }
 }
 
+/// Writes the warp's [16, width) accumulator tile (accumulator layout) times `factor` into the
+/// [rows, pitch] matrix `out` at (row0 + 16 warp, col0), rows below row_limit, columns below col_limit.
+template <typename Out, typename Acc, int kWidth>
+__device__ __forceinline__ void store_accumulator(Out* out, int64_t pitch, int64_t row0, int64_t row_limit,
+                                                  int64_t col0, int64_t col_limit, int width,
+                                                  const Acc (&o)[kWidth / 8][4], Acc factor) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int t = 0; t < kWidth / 8; ++t) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = row0 + warp * kAttentionRowsPerWarp + accumulator_row(lane, e);
+      const int64_t col = col0 + accumulator_col(lane, t, e);
+      if (8 * t < width && row < row_limit && col < col_limit) {
+        const Acc value = o[t][e] * factor;
+        if constexpr (std::is_same_v<Out, Acc>) {
+          out[row * pitch + col] = value;
+        } else {
+          out[row * pitch + col] = from_acc<Out>(value);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace fused_rnn::cuda::attention
