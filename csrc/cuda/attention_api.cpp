@@ -55,7 +55,8 @@ AttentionTiling plan(AttentionPass pass, AttentionScore score, DType dtype, cons
               " bytes of shared memory per block even in the smallest tiling; this GPU allows ",
               limits.shared_bytes);
   const AttentionGrid grid = attention_grid(pass, shape, tiling);
-  TORCH_CHECK(grid.x <= INT_MAX && grid.z <= 65535, "fused_rnn CUDA attention: B = ", shape.batch,
+  TORCH_CHECK(grid.x <= INT_MAX && grid.z <= 65535 && shape.batch * shape.queries <= INT_MAX,
+              "fused_rnn CUDA attention: B = ", shape.batch,
               " batch rows of ", shape.queries, " queries and ", shape.keys,
               " keys need more thread blocks than one launch holds");
   return tiling;

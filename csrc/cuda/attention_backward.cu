@@ -432,17 +432,14 @@ cudaError_t launch_attention_backward(const AttentionBackwardParams& p, const At
   return dispatch_attention(p.dtype, p.score, [&](auto scalar, auto score) {
     using Scalar = decltype(scalar);
     constexpr AttentionScore kScore = decltype(score)::value;
-    auto launch = [&](auto kernel, AttentionPass pass, const AttentionTiling& tiling) {
-      const AttentionGrid grid = attention_grid(pass, p.shape, tiling);
-      return launch_kernel(kernel, dim3(static_cast<unsigned>(grid.x), grid.y, grid.z), dim3(32 * tiling.warps),
-                           tiling.shared_bytes, stream, p, tiling);
-    };
-    cudaError_t status = launch(attention_query_pass_kernel<Scalar, kScore>, AttentionPass::kQueries, tilings.queries);
+    cudaError_t status =
+        launch_tiled(attention_query_pass_kernel<Scalar, kScore>, AttentionPass::kQueries, p, tilings.queries, stream);
     if (status == cudaSuccess) {
-      status = launch(attention_key_pass_kernel<Scalar, kScore>, AttentionPass::kKeys, tilings.keys);
+      status = launch_tiled(attention_key_pass_kernel<Scalar, kScore>, AttentionPass::kKeys, p, tilings.keys, stream);
     }
     if (status == cudaSuccess) {
-      status = launch(attention_value_pass_kernel<Scalar, kScore>, AttentionPass::kValues, tilings.values);
+      status =
+          launch_tiled(attention_value_pass_kernel<Scalar, kScore>, AttentionPass::kValues, p, tilings.values, stream);
     }
     return status;
   });

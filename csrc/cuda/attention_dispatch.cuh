@@ -1,5 +1,5 @@
-// Host-side helpers of the attention launch functions: the dtype and score dispatch, and a
-// kernel launch with its dynamic shared memory.
+// Host-side helpers of the attention launch functions: the dtype and score dispatch, and kernel
+// launches with their dynamic shared memory.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "attention_params.h"
+#include "attention_plan.h"
 
 namespace fused_rnn::cuda::attention {
 
@@ -47,5 +48,15 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, int6
   return cudaGetLastError();
 }
 #endif
+
+/// A tile-loop kernel of `pass` (kernel(params, tiling)) on its grid, 32 threads a warp, with the
+/// tiling's shared memory.
+template <typename Kernel, typename Params>
+cudaError_t launch_tiled(Kernel kernel, AttentionPass pass, const Params& params, const AttentionTiling& tiling,
+                         cudaStream_t stream) {
+  const AttentionGrid grid = attention_grid(pass, params.shape, tiling);
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(grid.x), grid.y, grid.z), dim3(32 * tiling.warps),
+                       tiling.shared_bytes, stream, params, tiling);
+}
 
 }  // namespace fused_rnn::cuda::attention

@@ -232,10 +232,8 @@ cudaError_t launch_attention_forward(const AttentionForwardParams& p, const Atte
   using namespace attention;
   return dispatch_attention(p.dtype, p.score, [&](auto scalar, auto score) {
     using Scalar = decltype(scalar);
-    const AttentionGrid grid = attention_grid(AttentionPass::kForward, p.shape, tiling);
-    cudaError_t status = launch_kernel(attention_forward_kernel<Scalar, decltype(score)::value>,
-                                       dim3(static_cast<unsigned>(grid.x), grid.y, grid.z),
-                                       dim3(32 * tiling.warps), tiling.shared_bytes, stream, p, tiling);
+    cudaError_t status = launch_tiled(attention_forward_kernel<Scalar, decltype(score)::value>,
+                                      AttentionPass::kForward, p, tiling, stream);
     const int64_t rows = p.shape.batch * p.shape.queries;
     if (status == cudaSuccess && tiling.splits > 1) {
       status = launch_kernel(combine_splits_kernel<Scalar>, dim3(static_cast<unsigned>(rows)), dim3(128), 0,
