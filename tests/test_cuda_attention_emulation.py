@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 # (B, Tq, Tk, F, Dv, lengths, processors). float64's chunks are 32 wide (attention_output_width),
 # so its features are chunked already in the decoder step; the wide shape is for the other dtypes.
 SHAPES = {
-    "row-blocks-tiles-splits": (2, 37, 150, 24, 16, True, 2),
+    "row-blocks-tiles-splits": (2, 37, 300, 24, 16, True, 3),
     "decoder-step": (16, 1, 130, 33, 7, False, 132),
     "chunked-features-and-values": (2, 20, 70, 300, 270, True, 4),
 }

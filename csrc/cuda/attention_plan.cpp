@@ -57,9 +57,9 @@ AttentionTiling plan_attention(AttentionPass pass, AttentionScore score, DType d
   if (!key_rows && column_tiles > 1) {
     const int64_t output_chunks = pass == AttentionPass::kForward ? t.value_chunks : t.feature_chunks;
     const int64_t blocks = std::max<int64_t>(1, shape.batch * t.row_blocks * output_chunks);
-    const int64_t target = 2 * int64_t{std::max(limits.processors, 1)};
-    if (blocks < target) {
-      const int64_t splits = std::min(column_tiles, attention_ceil_div(target, blocks));
+    const int64_t processors = std::max(limits.processors, 1);
+    if (blocks < processors) {  // fewer blocks than multiprocessors: split the keys up to two waves
+      const int64_t splits = std::min(column_tiles, attention_ceil_div(2 * processors, blocks));
       t.tiles_per_split = attention_ceil_div(column_tiles, splits);
       t.splits = static_cast<int32_t>(attention_ceil_div(column_tiles, t.tiles_per_split));
     }

@@ -120,7 +120,8 @@ struct AttentionDeviceLimits {
 /// The tiling of `pass` for `shape` in `dtype` on a device with `limits`: at most four warps
 /// (fewer when there are fewer rows, or when the shared memory would not fit), the features and
 /// values in as few chunks as the registers and shared memory allow, and (forward and query pass)
-/// the key tiles split so that the grid has at least two blocks per multiprocessor.
+/// the key tiles split when the grid has fewer blocks than the device has multiprocessors (decoder
+/// steps, short query blocks), into enough ranges for two blocks per multiprocessor.
 AttentionTiling plan_attention(AttentionPass pass, AttentionScore score, DType dtype,
                                const AttentionShape& shape, const AttentionDeviceLimits& limits);
 
