@@ -2,7 +2,7 @@
 // on the host, force-included (-include) before them; tests/cuda_attention_emulation.cpp drives
 // it. Every CUDA thread of a block is a fiber (ucontext) on the calling thread; __syncthreads is a
 // barrier of the block's fibers, __syncwarp one of the warp's, each waiting fiber handing over to
-// the next; warp-collective operations (shuffles, ldmatrix, mma.sync) exchange values through the
+// the next in an order shuffled per block (so that a missing barrier shows); warp-collective operations (shuffles, ldmatrix, mma.sync) exchange values through the
 // warp's slots between two warp barriers and compute each lane's result as the PTX ISA defines it.
 // cp.async copies at once (it completes no later than its wait).
 // Blocks run one after another; dynamic shared memory is filled with 0xff bytes (NaN) first, so a
@@ -30,6 +30,8 @@
 #include <memory>
 #include <algorithm>
 #include <functional>
+#include <numeric>
+#include <random>
 #include <type_traits>
 #include <vector>
 
@@ -68,19 +70,22 @@ struct Block {
   ucontext_t scheduler;
   int running = 0;
   std::vector<bool> finished;
+  std::vector<int> order;  // the order fibers run in between barriers: shuffled per block
+  std::vector<int> place;  // place[t]: position of fiber t in `order`
 };
 
 inline Block* current_block = nullptr;
 
 inline int lane() { return static_cast<int>(threadIdx.x % 32); }
 
-/// Switches to the next unfinished fiber of the block (back to this one eventually).
+/// Switches to the next unfinished fiber of the block in its order (back to this one eventually).
 inline void yield() {
   Block& block = *current_block;
-  const int self = block.running;
-  int next = self;
+  const int self = block.running, count = static_cast<int>(block.fibers.size());
+  int place = block.place[self], next = self;
   do {
-    next = (next + 1) % static_cast<int>(block.fibers.size());
+    place = (place + 1) % count;
+    next = block.order[place];
   } while (block.finished[next] && next != self);
   if (next == self) return;
   block.running = next;
@@ -256,8 +261,15 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, int6
             cuda_emulation::current_block->finished[cuda_emulation::current_block->running] = true;
           }, 0);
         }
+        // A different order of the threads in every block: a barrier a kernel lacks shows as
+        // results that depend on which threads ran first.
+        state.order.resize(threads);
+        state.place.resize(threads);
+        std::iota(state.order.begin(), state.order.end(), 0);
+        std::shuffle(state.order.begin(), state.order.end(), std::mt19937(x + 977 * (y + 977 * z)));
+        for (int i = 0; i < threads; ++i) state.place[state.order[i]] = i;
         while (std::find(state.finished.begin(), state.finished.end(), false) != state.finished.end()) {
-          for (int t = 0; t < threads; ++t) {
+          for (int t : state.order) {
             if (state.finished[t]) continue;
             state.running = t;
             threadIdx = {static_cast<unsigned>(t), 0, 0};
