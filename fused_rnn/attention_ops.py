@@ -11,8 +11,8 @@ projections are GEMMs done through autograd by `fused_rnn.attention`):
 
 `backend` names the implementation: "reference" (fused_rnn.reference), "triton"
 (fused_rnn.kernels.attention), "native" (fused_rnn.native: C++ on CPU tensors, CUDA on CUDA
-tensors), or "auto" (the first of those that can run on the inputs' device). Backends receive contiguous,
-validated inputs. The forward's backward calls the backward op of the same backend, which recomputes
+tensors), or "auto" (the first of those that can run on the inputs' device). Backends receive
+contiguous, validated inputs. The forward's backward calls the backward op of the same backend, which recomputes
 the weights from the saved log-sum-exp; the backward ops are differentiable too (double backward),
 through the float64-capable reference.
 """

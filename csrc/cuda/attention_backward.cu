@@ -2,28 +2,32 @@
 // log-sum-exp, dP = grad_context . values_j (+ grad_weights), dS = P (dP - delta):
 //   attention_query_pass_kernel  d_query = sum_j dS d score / d query (one block: 16 * warps query
 //                                rows, one split of the key tiles, one chunk of the features)
-//   attention_key_pass_kernel    d_values = P^T grad_context, d_keys = sum_i dS d score / d keys,
-//                                and the additive score's d_v shares (one block: 16 * warps key
-//                                rows, every query tile, one chunk of the values or the features)
-// Every output element has one writer (split-K partials of d_query and the d_v shares are summed
-// by the caller in a fixed order): no atomics, deterministic. Each tile's scores are computed once
-// by the block that needs them; [B, Tq, Tk] and [B, Tq, Tk, A] are never stored.
+//   attention_key_pass_kernel    d_keys = sum_i dS d score / d keys and the additive score's d_v
+//                                shares (one block: 16 * warps key rows, every query tile, one
+//                                chunk of the features)
+//   attention_value_pass_kernel  d_values = P^T grad_context (one block: 16 * warps key rows,
+//                                every query tile, one chunk of the values)
+// Every output element has one writer (split-K partials of d_query and the key blocks' d_v shares
+// are summed by the caller in a fixed order): no atomics, deterministic. Each tile's scores are
+// computed once by the block that needs them; [B, Tq, Tk] and [B, Tq, Tk, A] are never stored.
 //
-// Stages of both kernels, per tile: (1) score: stage the chunks of the score operands and compute
-// S; (2) dP: stage the value-sized operands and compute grad_context . values^T (not needed for
-// d_values); (3) dS = P (dP - delta), masked, rounded to the input dtype as the reference does;
-// (4) gradient: dot scores add dS @ K (or dS^T @ Q) by mma.sync / exact FMAs; the additive score
-// writes dS to shared memory and each lane adds, for its features a, dS (1 - tanh^2) over the
-// tile (times v_a at the end) and dS tanh for d_v.
+// Stages, per tile: (1) score: stage the chunks of the score operands and compute S, summing the
+// feature chunks in the forward's order; (2) dP: stage the value-sized operands and compute
+// grad_context . values^T (query and key passes); (3) P, or dS = P (dP - delta), masked, dS
+// rounded to the input dtype as the reference rounds it; (4) gradient: P^T @ grad_context, or for
+// dot scores dS @ K (dS^T @ Q) by mma.sync / exact FMAs; the additive score writes dS to shared
+// memory and each lane adds, for its features a, dS (1 - tanh^2) over the tile (times v_a at the
+// end) and dS tanh for d_v.
 //
-// Per-tile cost (one warp, 64 columns, F = Dv = 256, bf16; estimates from first principles):
-//   query pass, dot:      S, dP and dS @ K: 3 x 128 HMMA.16816;
-//   key pass, dot:        values block S + P^T @ dO: 2 x 128 HMMA; keys block S, dP, dS^T @ Q: 3 x 128;
-//   additive (either pass, keys block): 2 x 262,144 tanh.approx (score, then gradient) + 128
-//   HMMA for dP (the values block: 262,144 tanh + 128 HMMA).
-// Estimated H200 time (estimate, not measured; ~1,800 FLOP/clk/SM as in the forward):
-//   dot B32 Tq=Tk=512 D=256: 8 products of 4.3 GFLOP -> ~60-70 us; Tq=Tk=2048: ~1 ms.
-//   additive B32 Tq=Tk=512 A=256: 5 x 2.1 G tanh -> ~3 ms; Tq=Tk=2048: ~45 ms.
+// Per-tile cost (one warp, a 32-column tile, F = Dv = 256, bf16; estimates from first principles):
+//   dot:      query and key passes S, dP and the gradient product: 3 x 64 HMMA.16816; value pass
+//             S and P^T @ grad_context: 2 x 64 HMMA.
+//   additive: query and key passes 2 x 131,072 tanh (score, then gradient) + 64 HMMA for dP; value
+//             pass 131,072 tanh + 64 HMMA (a tanh: one MUFU op in bfloat16, two in float16).
+// Estimated H200 time (estimate, not measured; ~1,500 FLOP/clk/SM on 132 SMs at ~1.8 GHz):
+//   dot B32 Tq=Tk=512 D=256: 8 products of 4.3 GFLOP = 34 GFLOP -> ~0.1 ms; Tq=Tk=2048: ~1.6 ms.
+//   additive bf16 B32 Tq=Tk=512 A=256: 5 sweeps of 2.1 G tanh at ~3.8 T/s -> ~3 ms;
+//   Tq=Tk=2048: ~45 ms.
 #include <algorithm>
 
 #include "attention_dispatch.cuh"

@@ -7,7 +7,7 @@
 //              shared memory with cp.async, the value tile behind them;
 //   2. score   the [16, 64] score tile of each warp: dot scores by mma.sync m16n8k16 (half types)
 //              or exact FMAs (float32, float64); additive scores v . tanh(pq_i + pk_j) feature by
-//              feature, so that [B, Tq, Tk, A] never exists;
+//              feature (tanh per attention_math.cuh's TanhKind), so that [B, Tq, Tk, A] never exists;
 //   3. softmax mask keys at or past the row's length, move each row's running maximum, rescale
 //              the partial context and sum; the raw scores go to `scores` when weights are asked for;
 //   4. context add P @ V (mma.sync for half types, P from registers as the A operand);
@@ -18,15 +18,16 @@
 // Per-tile cost (one warp, one 64-key tile, F = Dv = 256, bf16; estimates from first principles):
 //   dot:      S and P @ V: 2 x 16 x 64 x 256 MACs = 128 HMMA.16816 each (256 in all); ldmatrix
 //             traffic ~72 KB (the key and value tiles, 32 KB each, read by every warp).
-//   additive: 16 x 64 x 256 = 262,144 tanh.approx (MUFU) + 2 FP32 ops each, + 128 HMMA for P @ V.
+//   additive: 16 x 64 x 256 = 262,144 tanh + 2 FP32 ops each, + 128 HMMA for P @ V; a tanh is one
+//             MUFU op in bfloat16 (tanh.approx), two in float16 (ex2 and rcp).
 // Estimated H200 time (132 SMs at ~1.8 GHz; estimate, not measured):
 //   dot B32 Tq=Tk=512 D=256: 8.6 GFLOP; the warps' ldmatrix reads bound the SM at ~1,800
 //     FLOP/clk (128 B/clk of shared memory x ~14.6 FLOP/B) -> ~20-25 us; Tq=Tk=2048: ~0.35 ms.
 //   dot decoder step B32 Tk=4096: 134 MB of keys and values at ~4 TB/s -> ~35-45 us (split-K
 //     fills the device: 8 splits x 32 rows).
-//   additive B32 Tq=Tk=512 A=256: 2.1 G tanh at 16 MUFU/clk/SM (~3.8 T/s) -> ~0.6 ms;
-//     Tq=Tk=2048: ~9 ms. The eager formula moves ~4 x 4.3 GB at Tq=Tk=512 (~4-5 ms) and needs
-//     ~69 GB per [B, Tq, Tk, A] bf16 tensor at 2048.
+//   additive bf16 B32 Tq=Tk=512 A=256: 2.1 G tanh at 16 MUFU/clk/SM (~3.8 T/s) -> ~0.6 ms;
+//     Tq=Tk=2048: ~9 ms (float16 twice that). The eager formula moves ~4 x 4.3 GB at Tq=Tk=512
+//     (~4-5 ms) and needs ~69 GB per [B, Tq, Tk, A] bf16 tensor at 2048.
 #include <algorithm>
 
 #include "attention_dispatch.cuh"
