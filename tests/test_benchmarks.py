@@ -238,3 +238,19 @@ def test_table_columns_never_run_together():
     assert lines[1] == "  a-very-long-provider-name  123456.789"  # two spaces between the widest cells
     assert [line.split() for line in lines] == [["provider", "median", "ms"], ["a-very-long-provider-name", "123456.789"],
                                                 ["b", "1.0"]]
+
+
+def test_fused_attention_availability_is_the_attention_kernels_own(monkeypatch):
+    """The native backend registers its CUDA attention kernels apart from its recurrence kernels:
+    the bench asks the attention ops whether attention can run, not the recurrence registry."""
+    from fused_rnn import attention_ops, backends
+
+    provider = registry.PROVIDERS["native"]
+    shape = AttentionShape(2, 3, 5, 8, 8)
+    recurrence_only = lambda name, device: "no recurrence kernel" if name == "native" else None  # noqa: E731
+    monkeypatch.setattr(backends, "unavailable_reason", recurrence_only)
+    monkeypatch.setattr(attention_ops, "attention_unavailable_reason", lambda name, device: None)
+    assert provider.unavailable_reason("dot_attention", shape, torch.float32, torch.device("cpu")) is None
+    assert provider.unavailable_reason("lstm", RecurrentShape(2, 3, 4, 5), torch.float32, torch.device("cpu")) == (
+        "no recurrence kernel"
+    )
