@@ -1,7 +1,8 @@
 """The recurrence custom ops: torch.library registration, fake functions and autograd.
 
 One op per cell and direction of differentiation, shared by every backend; the `backend` argument
-names the implementation (see `fused_rnn.backends`), which receives contiguous, validated inputs.
+names the implementation (see `fused_rnn.backends`; "auto" picks one for the device of the inputs
+when the op runs), which receives contiguous, validated inputs.
 
     fused_rnn::rnn_forward   (xw, w_hh, h0, lengths, relu, backend)       -> hs, h_n
     fused_rnn::lstm_forward  (xw, w_hh, w_hr, h0, c0, lengths, backend)   -> hs, h_n, c_n, cs, gates
@@ -140,7 +141,7 @@ def rnn_forward(
 ) -> tuple[Tensor, Tensor]:
     check_rnn_args(xw, w_hh, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
+    return get_backend(backend, xw.device).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
 
 
 @rnn_forward.register_fake
@@ -164,7 +165,7 @@ def rnn_backward(
     """-> dxw [T, B, H], dh0 [B, H]. `xw` is not read by the kernels; it is an input so that the
     backward of this op can recompute the forward."""
     grad_hs, grad_h_n, w_hh, h0, lengths, hs = contiguous(grad_hs, grad_h_n, w_hh, h0, lengths, hs)
-    return get_backend(backend).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
+    return get_backend(backend, xw.device).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
 
 
 @rnn_backward.register_fake
@@ -184,7 +185,7 @@ def lstm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
+    return get_backend(backend, xw.device).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
 
 
 @lstm_forward.register_fake
@@ -219,7 +220,7 @@ def lstm_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dxw [T, B, 4H], dh0 [B, P], dc0 [B, H], dw_hr [P, H] (shape [0] without projection)."""
     args = contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
-    return get_backend(backend).lstm_backward(*args)
+    return get_backend(backend, xw.device).lstm_backward(*args)
 
 
 @lstm_backward.register_fake
@@ -239,7 +240,7 @@ def gru_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
+    return get_backend(backend, xw.device).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
 
 
 @gru_forward.register_fake
@@ -268,7 +269,7 @@ def gru_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> dxw [T, B, 3H], d_hn [T, B, H], dh0 [B, H]."""
     args = contiguous(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
-    return get_backend(backend).gru_backward(*args)
+    return get_backend(backend, xw.device).gru_backward(*args)
 
 
 @gru_backward.register_fake
@@ -279,7 +280,7 @@ def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
 def _run_inference(backend: str, family: str, args: list, outputs: int) -> tuple[Tensor, ...]:
     """The backend's `<family>_inference` on args, or, for a backend without one, the first
     `outputs` outputs of its `<family>_forward`."""
-    implementation = get_backend(backend)
+    implementation = get_backend(backend, args[0].device)
     inference = getattr(implementation, f"{family}_inference", None)
     if inference is not None:
         return inference(*args)
@@ -327,12 +328,6 @@ def gru_inference(
 def _(xw, w_hh, b_hn, h0, lengths, backend):
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0)
-
-
-def needs_grad(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd will record an op on `tensors`: the choice between the forward ops and the
-    inference ops."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ phases, kernels.barrier). Two modes run the same compiled kernel:
   whole grid resident. The cooperative launch refuses a grid that cannot be resident, so no
   program can wait for one that never runs, even beside other kernels (NCCL, MPS).
 - one launch per phase, where no candidate plan has a resident grid: each launch finds its input
-  complete. Slower (a launch per phase); a warning names the shape, once.
+  complete. Slower (a launch per phase); a warning names the shape, once. Setting
+  FUSED_RNN_TRITON_PERSISTENT=0 asks for this mode everywhere (without a warning).
 
 The planner (kernels.plan) proposes candidates; on CUDA the first whose compiled kernel fits (at
 most SPILL_BOUND_BYTES of local memory, shared memory within the limit, resident grid) is used
@@ -33,6 +34,8 @@ from . import plan as planner
 
 # Triton decides when our kernels are defined (at import) whether they run in its interpreter.
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# "0": one launch per phase on CUDA even where the grid is resident (read at every launch).
+PERSISTENT_VARIABLE = "FUSED_RNN_TRITON_PERSISTENT"
 
 TL_DTYPES = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32, "fp64": tl.float64}
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
@@ -158,7 +161,9 @@ def run_phases(kernel, candidates: list, phases: int, args: tuple, meta: dict, s
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         if device.type == "cuda":
             plan, persistent = _choose(kernel, candidates, phases, args, meta)
-            if not persistent and shape not in _WARNED:
+            if os.environ.get(PERSISTENT_VARIABLE) == "0":
+                persistent = False
+            elif not persistent and shape not in _WARNED:
                 _WARNED.add(shape)
                 warnings.warn(
                     f"fused_rnn triton backend: {shape} runs one launch per phase ({phases} launches): "

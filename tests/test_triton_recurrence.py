@@ -281,3 +281,27 @@ def test_falls_back_to_one_launch_per_phase_with_a_warning_once(monkeypatch):
         _assert_parity(case, F32)
     forward_warnings = [w for w in record if "lstm forward" in str(w.message)]
     assert len(forward_warnings) == 1
+
+
+@pytest.mark.cuda
+def test_persistent_variable_0_runs_one_launch_per_phase_with_the_same_results(monkeypatch):
+    """FUSED_RNN_TRITON_PERSISTENT=0 (make gpu-check's step mode): every launch one phase, no
+    warning, and bitwise the results of the persistent launch (the exchange fixes the order)."""
+    from fused_rnn.kernels import launch
+    from fused_rnn.parity import forward_backward
+
+    case = Case("lstm", 33, 16, 256, lengths=True)
+    inputs = make_inputs(case, torch.Generator().manual_seed(4))
+    name, args = op_arguments(case.cell, inputs)
+    outputs = getattr(reference, f"{name}_forward")(*args)
+    grads = [torch.randn(s) for s in (outputs[0].shape, outputs[1].shape, inputs["c0"].shape)]
+    runs = {}
+    for value in ("1", "0"):
+        monkeypatch.setenv(launch.PERSISTENT_VARIABLE, value)
+        launch.LAST_PLANS.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            runs[value] = forward_backward(case, "triton", BF16, DEVICE, inputs, grads)
+        assert all(persistent == (value == "1") for _, persistent in launch.LAST_PLANS.values())
+    for key, persistent_value in runs["1"].items():
+        assert torch.equal(runs["0"][key], persistent_value), key

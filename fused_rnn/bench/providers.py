@@ -59,6 +59,10 @@ class FusedProvider(Provider):
         if self.name == "reference" and device.type == "cpu" and isinstance(shape, RecurrentShape):
             if shape.steps * shape.batch * shape.hidden > REFERENCE_CPU_LIMIT:
                 return f"the reference loop is timed on the CPU only up to T*B*H = {REFERENCE_CPU_LIMIT}"
+        if op in ATTENTION_OPS:
+            from ..attention_ops import attention_unavailable_reason
+
+            return attention_unavailable_reason(self.name, device)
         return backends.unavailable_reason(self.name, device)
 
     def build(self, op, shape, weights, dtype, device) -> Built:
