@@ -13,8 +13,9 @@ not fit on-chip), and the programs of a batch block exchange the state once per 
 words tagged with the step that wrote them (kernels.exchange; float64 meets at a grid barrier,
 kernels.barrier). kernels.plan chooses the tiles from the shape, dtype and device limits;
 kernels.launch runs the plan whose compiled kernel fits: on CUDA one cooperative launch for the
-whole sequence when the grid is resident by the kernel's own occupancy, one launch per phase
-otherwise (with a warning naming the shape, once).
+whole sequence when the grid is resident by the kernel's own occupancy; where only some batch
+blocks are, one cooperative launch per group of batch blocks, one after another; one launch per
+phase only where not one batch block is (with a warning naming the shape, once).
 
 On a CPU the kernels run in Triton's interpreter, which must be enabled (TRITON_INTERPRET=1) before
 this package is imported; there tl.dot operands are float32 (it computes bfloat16 dots wrongly)

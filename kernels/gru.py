@@ -37,13 +37,13 @@ from .product import recurrent_product, resident_weights
 from .tiles import gate_rows, plane_tile, program_columns, program_units, split_gates, tanh
 
 
-@triton.jit(do_not_specialize=["T", "k_start", "k_stop"])
+@triton.jit(do_not_specialize=["T", "k_start", "k_stop", "first_block"])
 def gru_forward_kernel(
     xw, w_hh, b_hn, h_buf, lengths, hs, gates,
     # [T, B, 3H], [3H, H], [H] or None, [2, B, H], [B] or None, [T, B, H], [T, B, 4H] or None
     # (None unless SAVE)
     T, B, H,
-    barrier, k_start, k_stop,
+    barrier, k_start, k_stop, first_block,
     HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, SPLIT: tl.constexpr, RESIDENT: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -52,7 +52,7 @@ def gru_forward_kernel(
 ):
     # Stage 1: columns, units, the gate rows of W_hh for these units; b_hn.
     pid = tl.program_id(0)
-    cols, col_valid, col_length = program_columns(lengths, B, T, HAS_LENGTHS, BLOCK_B)
+    cols, col_valid, col_length = program_columns(lengths, B, T, first_block, HAS_LENGTHS, BLOCK_B)
     units, unit_valid, own_mask, own = program_units(H, cols, col_valid, BLOCK_U)  # own: in [B, H]
     input_own = plane_tile(units, cols, 3 * H)  # gate r in a [B, 3H] plane (+ g*H for gate g)
     gate_own = plane_tile(units, cols, 4 * H)  # r in a [B, 4H] plane
@@ -99,13 +99,13 @@ def gru_forward_kernel(
             )
 
 
-@triton.jit(do_not_specialize=["T", "k_start", "k_stop"])
+@triton.jit(do_not_specialize=["T", "k_start", "k_stop", "first_block"])
 def gru_backward_kernel(
     grad_hs, w_t, h0, lengths, hs, gates, dxw, d_hn, d_state, dh_state,
     # [T, B, H], W_hh^T [H, 3H], [B, H], [B] or None, [T, B, H], [T, B, 4H], [T, B, 3H], [T, B, H],
     # [2, B, 3H] (d_r, d_z, d_hn exchange), [B, H] ACC
     T, B, H,
-    barrier, k_start, k_stop,
+    barrier, k_start, k_stop, first_block,
     HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, SPLIT: tl.constexpr, RESIDENT: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -115,7 +115,7 @@ def gru_backward_kernel(
     # Phase p folds the hidden-side gate gradients of step T-p (written by every program in phase
     # p-1) into dh, then produces the gate gradients of step T-1-p for this program's units.
     # Stage 1: columns, units; this program's rows of W_hh^T; dh carried in registers.
-    cols, col_valid, col_length = program_columns(lengths, B, T, HAS_LENGTHS, BLOCK_B)
+    cols, col_valid, col_length = program_columns(lengths, B, T, first_block, HAS_LENGTHS, BLOCK_B)
     units, unit_valid, own_mask, own = program_units(H, cols, col_valid, BLOCK_U)  # own: in [B, H]
     input_own = plane_tile(units, cols, 3 * H)
     gate_own = plane_tile(units, cols, 4 * H)

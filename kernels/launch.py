@@ -10,15 +10,17 @@ phases, kernels.barrier). Two modes run the same compiled kernel:
   shared memory and warps against the device's per-SM limits: plan.programs_per_sm) makes the
   whole grid resident. The cooperative launch refuses a grid that cannot be resident, so no
   program can wait for one that never runs, even beside other kernels (NCCL, MPS).
-- one launch per phase, where no candidate plan has a resident grid: each launch finds its input
-  complete. Slower (a launch per phase); a warning names the shape, once. Setting
+  Where only some of its batch blocks (grid columns, which never exchange state) are resident,
+  they run in several persistent launches one after another, each over `first_block` onwards.
+- one launch per phase, where no candidate plan keeps even one batch block resident: each launch
+  finds its input complete. Slower (a launch per phase); a warning names the shape, once. Setting
   FUSED_RNN_TRITON_PERSISTENT=0 asks for this mode everywhere (without a warning).
 
 The planner (kernels.plan) proposes candidates; on CUDA the first whose compiled kernel fits (at
 most SPILL_BOUND_BYTES of local memory, shared memory within the limit, resident grid) is used
 (choose_plan; tests/test_triton_compile.py makes the same choice for sm_90 without a GPU). Triton's interpreter (a CPU
-tensor, TRITON_INTERPRET=1) runs programs one after another, so it runs a launch persistent only
-when each batch block is one program, and one launch per phase otherwise.
+tensor, TRITON_INTERPRET=1) runs programs one after another, so it runs persistent launches (one per
+batch block) only when each batch block is one program, and one launch per phase otherwise.
 """
 
 from __future__ import annotations
@@ -98,33 +100,40 @@ def _specialisation(value) -> object:
 
 _CHOICES: dict = {}
 _WARNED: set = set()
-# The plan and mode (persistent or not) of the latest launch of each shape, as run_phases names it.
+# (plan, batch blocks per persistent launch; 0: one launch per phase) of the latest launch of
+# each shape, as run_phases names it.
 LAST_PLANS: dict = {}
 
 
 def choose_plan(candidates, resources, limits: planner.DeviceLimits) -> tuple:
-    """(plan, persistent): the first of the first RUNTIME_CANDIDATES candidates whose compiled kernel
-    spills at most SPILL_BOUND_BYTES and has a resident grid, else (plan, False) for the first that
-    fits a block (spilling at most that much where one does). `resources(plan)` -> (registers, local memory bytes per thread, shared
-    memory bytes) of the plan's compiled kernel, or None where it does not compile or load. The
-    compile gate makes the same choice for sm_90."""
-    fallback = None
+    """(plan, batch blocks per persistent launch) of the first RUNTIME_CANDIDATES candidates:
+    the first whose compiled kernel keeps its whole grid resident (blocks = plan.grid[1]); else the
+    first that keeps at least one batch block resident (its batch blocks then run in several
+    persistent launches); in each case a kernel without local memory first, then one with at most
+    SPILL_BOUND_BYTES. Else (plan, 0), one launch per phase, for the first that fits a block
+    (the least local memory). `resources(plan)` -> (registers, local memory bytes per thread,
+    shared memory bytes) of the plan's compiled kernel, or None where it does not compile or load.
+    The compile gate makes the same choice for sm_90."""
+    viable = []  # (plan, local memory bytes, batch blocks per launch), in the planner's order
     for plan in candidates[:RUNTIME_CANDIDATES]:
         found = resources(plan)
         if found is None:
             continue
         registers, local_bytes, shared = found
         per_sm = planner.programs_per_sm(limits, registers, shared, plan.num_warps)
-        if per_sm == 0:
-            continue
-        if fallback is None or (local_bytes <= SPILL_BOUND_BYTES and fallback[1] > SPILL_BOUND_BYTES):
-            fallback = (plan, local_bytes)
-        if local_bytes <= SPILL_BOUND_BYTES and plan.programs <= per_sm * limits.sms:
-            return plan, True
-    if fallback is None:
+        if per_sm:
+            viable.append((plan, local_bytes, planner.blocks_per_launch(plan, per_sm, limits)))
+            if local_bytes == 0 and viable[-1][2] == plan.grid[1]:
+                break  # the best there can be: compile no further candidate
+    if not viable:
         raise RuntimeError(f"no launch plan fits {limits.name}: "
                            f"{[p.describe() for p in candidates[:RUNTIME_CANDIDATES]]}")
-    return fallback[0], False
+    for whole_grid in (True, False):
+        for bound in (0, SPILL_BOUND_BYTES):
+            for plan, local_bytes, blocks in viable:
+                if local_bytes <= bound and blocks and (blocks == plan.grid[1] or not whole_grid):
+                    return plan, blocks
+    return min(viable, key=lambda v: v[1])[0], 0
 
 
 def _choose(kernel, candidates: list, phases: int, args: tuple, meta: dict) -> tuple:
@@ -137,7 +146,7 @@ def _choose(kernel, candidates: list, phases: int, args: tuple, meta: dict) -> t
 
         def resources(plan):
             try:
-                compiled = kernel.warmup(*args, counters, 0, phases, grid=plan.grid,
+                compiled = kernel.warmup(*args, counters, 0, phases, 0, grid=plan.grid,
                                          **kernel_meta(kernel, plan, meta), launch_cooperative_grid=True)
                 compiled._init_handles()
             except Exception:  # OutOfResources and friends: this candidate does not fit
@@ -152,34 +161,39 @@ def _choose(kernel, candidates: list, phases: int, args: tuple, meta: dict) -> t
 def run_phases(kernel, candidates: list, phases: int, args: tuple, meta: dict, shape: str) -> None:
     """Run phases 0..phases-1 of `kernel` with the best fitting candidate plan.
 
-    `args` are the kernel's runtime arguments up to (not including) barrier, k_start, k_stop;
-    `meta` its kernel-specific constexprs; `shape` names the problem in the fallback warning.
+    `args` are the kernel's runtime arguments up to (not including) barrier, k_start, k_stop,
+    first_block; `meta` its kernel-specific constexprs; `shape` names the problem in the fallback
+    warning.
     """
     if 0 in candidates[0].grid or phases == 0:
         return
     device = args[0].device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         if device.type == "cuda":
-            plan, persistent = _choose(kernel, candidates, phases, args, meta)
+            plan, blocks = _choose(kernel, candidates, phases, args, meta)
             if os.environ.get(PERSISTENT_VARIABLE) == "0":
-                persistent = False
-            elif not persistent and shape not in _WARNED:
+                blocks = 0
+            elif blocks == 0 and shape not in _WARNED:
                 _WARNED.add(shape)
                 warnings.warn(
                     f"fused_rnn triton backend: {shape} runs one launch per phase ({phases} launches): "
-                    f"no candidate plan keeps its grid resident on {device_limits(device).name} "
+                    f"no candidate plan keeps even one batch block resident on {device_limits(device).name} "
                     f"({plan.describe()})",
                     RuntimeWarning,
                     stacklevel=3,
                 )
         else:
             plan = candidates[0]
-            persistent = plan.grid[0] == 1
-        LAST_PLANS[shape] = (plan, persistent)
+            blocks = 1 if plan.grid[0] == 1 else 0
+        LAST_PLANS[shape] = (plan, blocks)
         values = kernel_meta(kernel, plan, meta)
-        counters = torch.zeros(plan.grid[1], dtype=torch.int32, device=device)
-        if persistent:
-            kernel[plan.grid](*args, counters, 0, phases, **values, launch_cooperative_grid=device.type == "cuda")
+        if blocks:
+            for first_block in range(0, plan.grid[1], blocks):
+                grid = (plan.grid[0], min(blocks, plan.grid[1] - first_block))
+                counters = torch.zeros(grid[1], dtype=torch.int32, device=device)
+                kernel[grid](*args, counters, 0, phases, first_block, **values,
+                             launch_cooperative_grid=device.type == "cuda")
         else:
+            counters = torch.zeros(plan.grid[1], dtype=torch.int32, device=device)
             for phase in range(phases):
-                kernel[plan.grid](*args, counters, phase, phase + 1, **values)
+                kernel[plan.grid](*args, counters, phase, phase + 1, 0, **values)

@@ -58,13 +58,13 @@ from .product import recurrent_product, resident_weights
 from .tiles import gate_rows, plane_tile, program_columns, program_units, split_gates, tanh
 
 
-@triton.jit(do_not_specialize=["T", "k_start", "k_stop"])
+@triton.jit(do_not_specialize=["T", "k_start", "k_stop", "first_block"])
 def lstm_forward_kernel(
     xw, w_hh, w_hr, h_buf, u_buf, c_state, lengths, hs, cs, gates,
     # [T, B, 4H], [4H, P], [P, H] or None, [2, B, P], [B, H] or None (PROJECTED only), [B, H] ACC,
     # [B] or None, [T, B, P], [T, B, H] ACC or None, [T, B, 4H] or None (cs, gates: SAVE only)
     T, B, H, P,
-    barrier, k_start, k_stop,
+    barrier, k_start, k_stop, first_block,
     HAS_LENGTHS: tl.constexpr, PROJECTED: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT: tl.constexpr,
     RESIDENT: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
@@ -74,7 +74,7 @@ def lstm_forward_kernel(
 ):
     # Stage 1: this program's columns, units, gate rows of W_hh (and rows of W_hr); cell state.
     pid = tl.program_id(0)
-    cols, col_valid, col_length = program_columns(lengths, B, T, HAS_LENGTHS, BLOCK_B)
+    cols, col_valid, col_length = program_columns(lengths, B, T, first_block, HAS_LENGTHS, BLOCK_B)
     units, unit_valid, own_mask, own = program_units(H, cols, col_valid, BLOCK_U)  # own: in [B, H]
     gate_own = plane_tile(units, cols, 4 * H)  # gate i in a [B, 4H] plane (+ g*H for gate g)
     w_rows, w_valid = gate_rows(pid, H, 4, 4, BLOCK_U)
@@ -196,7 +196,7 @@ def step_gate_gradients(
     return tl.where(live, d_c * f, dc)
 
 
-@triton.jit(do_not_specialize=["T", "k_start", "k_stop"])
+@triton.jit(do_not_specialize=["T", "k_start", "k_stop", "first_block"])
 def lstm_backward_kernel(
     grad_hs, w_t, w_hr_t, c0, lengths, cs, gates, dxw, d_state, dh_buf, dh_state, dc_state, d_outputs,
     # [T, B, P], W_hh^T [P, 4H], W_hr^T [H, P] or None, [B, H], [B] or None, [T, B, H] ACC,
@@ -204,7 +204,7 @@ def lstm_backward_kernel(
     # [B, P] or None (PROJECTED: d_out exchange), [B, P] ACC (grad_h_n in, dh0 out), [B, H] ACC
     # (grad_c_n in, dc0 out), [T, B, P] ACC or None (PROJECTED: d_out of every step)
     T, B, H, P,
-    barrier, k_start, k_stop,
+    barrier, k_start, k_stop, first_block,
     HAS_LENGTHS: tl.constexpr, PROJECTED: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_P: tl.constexpr, SPLIT: tl.constexpr,
     RESIDENT: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
@@ -215,7 +215,7 @@ def lstm_backward_kernel(
     # Stage 1: columns, units; the rows of W_hh^T the fold multiplies (units, or rows of P when
     # PROJECTED) and of W_hr^T (units); dh and dc carried in registers.
     pid = tl.program_id(0)
-    cols, col_valid, col_length = program_columns(lengths, B, T, HAS_LENGTHS, BLOCK_B)
+    cols, col_valid, col_length = program_columns(lengths, B, T, first_block, HAS_LENGTHS, BLOCK_B)
     units, unit_valid, own_mask, own = program_units(H, cols, col_valid, BLOCK_U)  # own: in [B, H]
     gate_own = plane_tile(units, cols, 4 * H)
     fold_size: tl.constexpr = BLOCK_P if PROJECTED else BLOCK_U

@@ -7,7 +7,9 @@ memory (kernels.product) or is streamed from L2 every step, and the grid (unit b
 blocks). `recurrence_plans` returns candidates, best first (by the estimates below, among those
 that fit by estimated resources: `fits`); kernels.launch takes the first whose compiled kernel
 fits the device (its own registers, shared memory and spills: `programs_per_sm`) and runs it
-persistent when its grid is resident, one launch per phase otherwise. tests/test_triton_compile.py
+persistent when its grid is resident; where only some of its batch blocks are
+(`blocks_per_launch`), the batch blocks run in several persistent launches one after another
+(they never exchange state); one launch per phase only where not even one batch block is. tests/test_triton_compile.py
 makes that choice for sm_90 at the judged points and corners of the grid and asserts it fits an
 H100; tests/test_triton_plan.py checks the estimate over the whole grid.
 
@@ -246,9 +248,8 @@ def _staging_bytes(plan: Plan) -> int:
     return largest * plan.block_b * (e + word) // (32 * plan.num_warps)
 
 
-def fits(plan: Plan, limits: DeviceLimits) -> bool:
-    """The estimate: shared memory and registers within a block's limits, and the grid resident
-    at the estimated occupancy."""
+def fits_a_block(plan: Plan, limits: DeviceLimits) -> bool:
+    """The estimate: shared memory and registers within a block's limits."""
     shared, registers, per_thread = estimated_resources(plan)
     # below 255, and 1/8 below what one block of this many threads may take of an SM's registers
     budget = min(REGISTER_BUDGET, limits.registers_per_sm // (32 * plan.num_warps) * 7 // 8)
@@ -256,9 +257,35 @@ def fits(plan: Plan, limits: DeviceLimits) -> bool:
         return False
     if plan.resident and per_thread > WEIGHT_BYTES_PER_THREAD:
         return False
-    if plan.resident and _staging_bytes(plan) > STAGING_BYTES_PER_THREAD:
-        return False
-    return plan.programs <= limits.sms * programs_per_sm(limits, registers, shared, plan.num_warps)
+    return not (plan.resident and _staging_bytes(plan) > STAGING_BYTES_PER_THREAD)
+
+
+def blocks_per_launch(plan: Plan, per_sm: int, limits: DeviceLimits) -> int:
+    """How many batch blocks (grid columns, which never exchange state) one persistent launch
+    keeps resident at `per_sm` programs per SM: all of them; fewer, when the columns must run in
+    several persistent launches one after another; 0 when one column alone exceeds the device."""
+    return min(plan.grid[1], per_sm * limits.sms // plan.grid[0])
+
+
+def estimated_launches(plan: Plan, limits: DeviceLimits) -> int:
+    """Persistent launches per sequence at the estimated occupancy (0: none is resident)."""
+    if not fits_a_block(plan, limits):
+        return 0
+    shared, registers, _ = estimated_resources(plan)
+    blocks = blocks_per_launch(plan, programs_per_sm(limits, registers, shared, plan.num_warps), limits)
+    return -(-plan.grid[1] // blocks) if blocks else 0
+
+
+def fits(plan: Plan, limits: DeviceLimits) -> bool:
+    """The estimate: the plan fits a block and its whole grid is resident (one launch)."""
+    return estimated_launches(plan, limits) == 1
+
+
+def sequence_step_estimate_us(plan: Plan, launches: int, limits: DeviceLimits = H100) -> float:
+    """Estimated microseconds per time step of the whole batch when the batch blocks run in
+    `launches` persistent launches one after another (step_estimate_us of each launch's grid)."""
+    group = replace(plan, grid=(plan.grid[0], -(-plan.grid[1] // launches)))
+    return launches * step_estimate_us(group, RATES, limits)
 
 
 def step_estimate_us(plan: Plan, rates: Rates = RATES, limits: DeviceLimits = H100) -> float:
@@ -333,7 +360,8 @@ def recurrence_plans(cell: str, direction: str, batch: int, hidden: int, state: 
                      interpreting: bool = False) -> list:
     """Candidate plans for a recurrence over `batch` rows and `hidden` units (LSTM state size
     `state`, = hidden unless projected), best first: the fitting plans by estimated step time,
-    then the others (kernels.launch runs a plan whose grid is not resident one phase per launch).
+    then those whose batch blocks must run in several persistent launches (by the estimated time
+    of all of them), then the rest (which kernels.launch runs one phase per launch).
     Cached: the result is a tuple of frozen plans.
 
     `interpreting`: the plans a GPU would get, with float32 products (Triton's interpreter computes
@@ -357,8 +385,12 @@ def recurrence_plans(cell: str, direction: str, batch: int, hidden: int, state: 
     ]
     candidates = list(dict.fromkeys(candidates))  # capped chunks often equal the uncapped ones
     fitting = sorted((p for p in candidates if fits(p, limits)), key=step_estimate_us)
-    others = sorted((p for p in candidates if not fits(p, limits)),
-                    key=lambda p: (not fits(replace(p, grid=(1, 1)), limits), step_estimate_us(p)))
+
+    def grouped(p):  # batch blocks in several persistent launches, then one launch per phase
+        launches = estimated_launches(p, limits)
+        return (launches == 0, sequence_step_estimate_us(p, launches, limits) if launches else step_estimate_us(p))
+
+    others = sorted((p for p in candidates if not fits(p, limits)), key=grouped)
     if not interpreting:
         return tuple(fitting + others)
     fitting.sort(key=lambda p: (p.block_b, abs(p.products[0][0] - INTERPRETER_ROWS), not p.resident, p.num_warps != 4))

@@ -36,11 +36,11 @@ from .product import recurrent_product, resident_weights
 from .tiles import program_columns, program_units, tanh
 
 
-@triton.jit(do_not_specialize=["T", "k_start", "k_stop"])
+@triton.jit(do_not_specialize=["T", "k_start", "k_stop", "first_block"])
 def rnn_forward_kernel(
     xw, w_hh, h_buf, lengths, hs,  # [T, B, H], [H, H], [2, B, H], [B] or None, [T, B, H]
     T, B, H,
-    barrier, k_start, k_stop,
+    barrier, k_start, k_stop, first_block,
     RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, SPLIT: tl.constexpr, RESIDENT: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -48,7 +48,7 @@ def rnn_forward_kernel(
     ACC: tl.constexpr, TAGGED: tl.constexpr,
 ):
     # Stage 1: this program's columns and units; its rows of W_hh.
-    cols, col_valid, col_length = program_columns(lengths, B, T, HAS_LENGTHS, BLOCK_B)
+    cols, col_valid, col_length = program_columns(lengths, B, T, first_block, HAS_LENGTHS, BLOCK_B)
     units, unit_valid, own_mask, own = program_units(H, cols, col_valid, BLOCK_U)  # own: in [B, H]
     w0, w1, w2 = resident_weights(w_hh, units, unit_valid, H, BLOCK_U, SPLIT, K0, K1, K2, RESIDENT, DOT)
 
@@ -79,12 +79,12 @@ def rnn_forward_kernel(
         tl.store(hs + plane + own, tl.where(live, h_new, 0.0).to(hs.dtype.element_ty), mask=own_mask)
 
 
-@triton.jit(do_not_specialize=["T", "k_start", "k_stop"])
+@triton.jit(do_not_specialize=["T", "k_start", "k_stop", "first_block"])
 def rnn_backward_kernel(
     grad_hs, w_t, lengths, hs, dxw, d_state, dh_state,
     # [T, B, H], W_hh^T [H, H], [B] or None, [T, B, H], [T, B, H], [2, B, H], [B, H] ACC
     T, B, H,
-    barrier, k_start, k_stop,
+    barrier, k_start, k_stop, first_block,
     RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, SPLIT: tl.constexpr, RESIDENT: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -92,7 +92,7 @@ def rnn_backward_kernel(
     ACC: tl.constexpr, TAGGED: tl.constexpr,
 ):
     # Stage 1: columns, units; this program's rows of W_hh^T; dh carried in registers.
-    cols, col_valid, col_length = program_columns(lengths, B, T, HAS_LENGTHS, BLOCK_B)
+    cols, col_valid, col_length = program_columns(lengths, B, T, first_block, HAS_LENGTHS, BLOCK_B)
     units, unit_valid, own_mask, own = program_units(H, cols, col_valid, BLOCK_U)  # own: in [B, H]
     w0, w1, w2 = resident_weights(w_t, units, unit_valid, H, BLOCK_U, SPLIT, K0, K1, K2, RESIDENT, DOT)
     dh = tl.load(dh_state + own, mask=own_mask, other=0.0)

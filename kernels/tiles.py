@@ -38,10 +38,11 @@ def split_gates(acc, BLOCK_U: tl.constexpr, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
-def program_columns(lengths_ptr, B, T, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
-    """This program's batch columns (grid axis 1), their validity, and the number of live steps of
-    each: lengths[cols], or T for every column -> ([BLOCK_B], [BLOCK_B], [BLOCK_B] int64)."""
-    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+def program_columns(lengths_ptr, B, T, first_block, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's batch columns (batch block first_block + grid axis 1), their validity, and
+    the number of live steps of each: lengths[cols], or T for every column
+    -> ([BLOCK_B], [BLOCK_B], [BLOCK_B] int64)."""
+    cols = (first_block + tl.program_id(1)) * BLOCK_B + tl.arange(0, BLOCK_B)
     col_valid = cols < B
     if HAS_LENGTHS:
         lengths = tl.load(lengths_ptr + cols, mask=col_valid, other=0)

@@ -1,10 +1,12 @@
 """The compile gate of the Triton backend: every kernel the planners choose, at the judged points and
 the corners of the issue's grids, compiled for an H100 (sm_90) the way Triton compiles at run time
 (tests/triton_sm90.py), must fit it: shared memory <= 232,448 bytes (static <= what
-kernels.launch assumes), no spills and no stack, and for the recurrence kernels a grid no larger
-than the programs the compiled kernel's own registers, shared memory and warps leave resident on
-132 SMs (except perhaps at the largest points, which tests/test_triton_plan.py names: there
-kernels.launch runs one launch per phase), no cp.async crossing a step boundary, the programs synchronised through tagged words
+kernels.launch assumes), no spills and no stack (recurrence kernels: at most 16 bytes of stack,
+kernels.launch.SPILL_BOUND_BYTES), and for the recurrence kernels persistent launches whose grids
+are no larger than the programs the compiled kernel's own registers, shared memory and warps
+leave resident on 132 SMs (one launch for the whole grid, except perhaps at the largest points,
+which tests/test_triton_plan.py names: there the batch blocks run in several persistent
+launches), no cp.async crossing a step boundary, the programs synchronised through tagged words
 (kernels.exchange; float64: the grid barrier), and the resident weights allocated in shared memory
 before the step loop.
 
@@ -138,8 +140,9 @@ def _fits_a_block(record: dict, spill_bound: int) -> list[str]:
 @pytest.mark.parametrize("point", RECURRENCE_POINTS, ids=str)
 def test_recurrence_plan_fits_an_h100(point, compiled):
     """The plan kernels.launch would choose (of the planner's first candidates, by their compiled
-    kernels) runs persistent, except perhaps at the points tests/test_triton_plan.py names."""
-    from test_triton_plan import may_launch_per_phase
+    kernels) runs persistent: its whole grid in one launch, except perhaps at the points
+    tests/test_triton_plan.py names, where its batch blocks may take several launches."""
+    from test_triton_plan import may_need_several_launches
 
     records = compiled[str(point)]
     assert records, "no launch recorded"
@@ -148,10 +151,16 @@ def test_recurrence_plan_fits_an_h100(point, compiled):
         if problems:
             pytest.fail(f"{record['kernel']} ({record['plan']}): " + "; ".join(problems))
         direction = "backward" if point.direction == "backward" else "forward"
-        if not record["persistent"] and not may_launch_per_phase(point.cell.split("_")[0], direction, point.batch,
-                                                                 point.hidden, point.dtype):
-            problems.append(f"one launch per phase: no candidate persistent (chose {record['candidate']}: "
-                            f"{record['registers']} registers, {record['per_sm']} per SM, {record['programs']} programs)")
+        blocks = record["blocks_per_launch"]
+        chose = (f"chose candidate {record['candidate']}: {record['registers']} registers, {record['per_sm']} "
+                 f"per SM, grid {record['grid']}")
+        if blocks == 0:
+            problems.append(f"one launch per phase: no candidate keeps a batch block resident ({chose})")
+        elif record["grid"][0] * blocks > record["per_sm"] * SMS:
+            problems.append(f"{record['grid'][0]} x {blocks} programs per launch exceed {record['per_sm']} x {SMS} ({chose})")
+        elif record["launches"] > 1 and not may_need_several_launches(
+                point.cell.split("_")[0], direction, point.batch, point.hidden, point.dtype):
+            problems.append(f"{record['launches']} persistent launches, not one ({chose})")
         problems += record["step_loop_problems"]
         expected = "barrier" if point.dtype == "fp64" else "tagged"
         if record["synchronisation"] != expected:

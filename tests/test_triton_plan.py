@@ -6,6 +6,7 @@ judged points), and the plan of the judged point. The exchange helpers' host sid
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -51,26 +52,40 @@ def test_programs_per_sm_follows_cuda_occupancy_rules():
     assert planner.programs_per_sm(h100, 256, 0, 4) == 0  # above 255 registers per thread
 
 
-def may_launch_per_phase(cell: str, direction: str, batch: int, hidden: int, dtype: str) -> bool:
-    """The grid points where a plan may not keep a resident grid on an H100: B = 256 with
+def may_need_several_launches(cell: str, direction: str, batch: int, hidden: int, dtype: str) -> bool:
+    """The grid points where a plan may not keep its whole grid resident on an H100: B = 256 with
     H >= 1536, and float64 at B * H >= 2^18. There a step's outputs (up to 4H x B) and their gate
-    math, all in registers at once, exceed what 132 SMs hold, so kernels.launch runs one launch
-    per phase (with a warning)."""
+    math, all in registers at once, exceed what 132 SMs hold, so kernels.launch runs the batch
+    blocks in several persistent launches, one after another."""
     return (batch == 256 and hidden >= 1536) or (dtype == "fp64" and batch * hidden >= 2**18)
 
 
 @pytest.mark.parametrize("cell, projected", KERNELS, ids=lambda v: str(v))
 def test_every_grid_point_has_a_resident_plan_by_the_estimate(cell, projected):
     """The issue's grid, both directions, every dtype: the planner's first candidate fits an H100
-    (shared memory, estimated registers, grid resident at the estimated occupancy), except at the
-    points may_launch_per_phase names."""
+    block (shared memory, estimated registers) and runs persistent at the estimated occupancy: its
+    whole grid in one launch, except at the points may_need_several_launches names, where its
+    batch blocks take a few launches (never one launch per phase)."""
     misfits = []
     for direction, batch, hidden, dtype in itertools.product(("forward", "backward"), BATCHES, HIDDEN, DTYPES):
         state = hidden // 2 if projected else hidden
         plan = planner.recurrence_plans(cell, direction, batch, hidden, state, projected, dtype, planner.H100)[0]
-        if not planner.fits(plan, planner.H100) and not may_launch_per_phase(cell, direction, batch, hidden, dtype):
-            misfits.append(f"{direction} B={batch} H={hidden} {dtype}: {plan.describe()}")
+        launches = planner.estimated_launches(plan, planner.H100)
+        several = may_need_several_launches(cell, direction, batch, hidden, dtype)
+        if launches == 0 or (launches > 1 and not several):
+            misfits.append(f"{direction} B={batch} H={hidden} {dtype}: {launches} launches, {plan.describe()}")
     assert not misfits, misfits
+
+
+def test_blocks_per_launch_splits_the_batch_blocks_into_resident_launches():
+    plan = planner.recurrence_plans("lstm", "forward", 256, 2048, 2048, False, "bf16", planner.H100)[0]
+    units, columns = plan.grid
+    assert planner.blocks_per_launch(plan, 1, planner.H100) == min(columns, 132 // units)
+    assert planner.blocks_per_launch(plan, 64, planner.H100) == columns
+    assert planner.blocks_per_launch(plan, 1, planner.DeviceLimits("small", sms=units - 1)) == 0
+    launches = planner.estimated_launches(plan, planner.H100)
+    assert launches >= 1
+    assert planner.sequence_step_estimate_us(plan, launches) >= planner.step_estimate_us(plan)
 
 
 def test_the_judged_point_gets_the_documented_plan():
@@ -103,3 +118,28 @@ def test_exchanged_words_round_trip(dtype):
         assert bool(((words & mask) == 7).all())
         fresh = exchange.exchange_buffer((2, 3), dtype, torch.device("cpu"))
         assert bool(((fresh & mask) == mask).all())  # no phase writes the tag of a fresh buffer first
+
+
+def test_choose_plan_prefers_a_resident_grid_then_resident_batch_blocks_then_one_launch_per_phase():
+    """kernels.launch.choose_plan on made-up compiled resources: 8 warps and 32 registers hold 8
+    programs per SM (by threads), so 132 x 8 programs are resident on an H100."""
+    from fused_rnn.kernels import launch
+
+    base = replace(planner.recurrence_plans("lstm", "forward", 64, 1024, 1024, False, "bf16", planner.H100)[0],
+                   num_warps=8)
+    resident = replace(base, grid=(132, 4))  # 528 programs: all resident
+    halves = replace(base, grid=(132 * 4, 4))  # 2112: two batch blocks per launch
+    too_wide = replace(base, grid=(132 * 16, 4))  # one batch block alone exceeds the device
+    fits = lambda plan: (32, 0, 0)  # noqa: E731
+    assert launch.choose_plan([halves, resident], fits, planner.H100) == (resident, 4)
+    assert launch.choose_plan([too_wide, halves], fits, planner.H100) == (halves, 2)
+    assert launch.choose_plan([too_wide], fits, planner.H100) == (too_wide, 0)
+    spills_when_resident = lambda plan: (32, 64 if plan is resident else 0, 0)  # noqa: E731
+    assert launch.choose_plan([resident, halves], spills_when_resident, planner.H100) == (halves, 2)
+    assert launch.choose_plan([resident], spills_when_resident, planner.H100) == (resident, 0)
+    other = replace(resident, num_warps=4)  # 16 programs per SM by threads: resident too
+    stack_unless_other = lambda plan: (32, 0 if plan is other else launch.SPILL_BOUND_BYTES, 0)  # noqa: E731
+    assert launch.choose_plan([resident, other], stack_unless_other, planner.H100) == (other, 4)
+    assert launch.choose_plan([resident, halves], stack_unless_other, planner.H100) == (resident, 4)
+    with pytest.raises(RuntimeError, match="no launch plan fits"):
+        launch.choose_plan([resident], lambda plan: None, planner.H100)

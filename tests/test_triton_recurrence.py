@@ -2,8 +2,8 @@
 
 Without a GPU the kernels run in Triton's interpreter (tests/conftest.py) with the plans a GPU
 would get (kernels.plan) but float32 products. The interpreter runs programs one after another,
-so a launch is persistent (every phase in one launch, the grid barrier between them) only when each
-batch block is one program; otherwise it runs one launch per phase. Each value of each axis (cell,
+so a launch is persistent (every phase in one launch, the grid barrier between them; one launch per
+batch block) only when each batch block is one program; otherwise it runs one launch per phase. Each value of each axis (cell,
 H, T, B, lengths, dtype) appears in a lean set of cases rather than in their product, and every
 plan mode the planner can pick (test_every_plan_mode_matches_reference) is run for every cell.
 Every case runs with NaN-poisoned allocations, so an element a kernel forgets to write fails it.
@@ -205,7 +205,7 @@ def test_the_interpreter_runs_all_phases_in_one_launch_only_with_one_program_per
     launch.LAST_PLANS.clear()
     _assert_parity(Case("lstm", 3, 20, 5), F32)  # H = 5: one program per batch block
     _assert_parity(Case("gru", 3, 5, 100), F32)  # several programs: one launch per phase
-    modes = {shape.split(" B=")[0] + f" H={plan.grid[0] > 1}": persistent for shape, (plan, persistent) in launch.LAST_PLANS.items()}
+    modes = {shape.split(" B=")[0] + f" H={plan.grid[0] > 1}": blocks > 0 for shape, (plan, blocks) in launch.LAST_PLANS.items()}
     assert modes == {"lstm forward H=False": True, "lstm backward H=False": True,
                      "gru forward H=True": False, "gru backward H=True": False}, modes
 
@@ -234,7 +234,7 @@ def test_plan_modes_run_persistent_at_1024_steps(cell, mode, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback to one launch per phase
         _assert_parity(case, dtype)
-    assert launch.LAST_PLANS and all(persistent for _, persistent in launch.LAST_PLANS.values())
+    assert launch.LAST_PLANS and all(blocks == plan.grid[1] for plan, blocks in launch.LAST_PLANS.values())
 
 
 @pytest.mark.cuda
@@ -245,7 +245,7 @@ def test_bfloat16_at_the_judged_shape(cell):
     launch.LAST_PLANS.clear()
     base = MODE_CASES[cell]
     _assert_parity(Case(base.cell, 256, 16, 768, proj=base.proj and 256, lengths=True), BF16)
-    assert all(persistent for _, persistent in launch.LAST_PLANS.values())
+    assert all(blocks == plan.grid[1] for plan, blocks in launch.LAST_PLANS.values())
 
 
 @pytest.mark.cuda
@@ -268,11 +268,12 @@ def test_repeated_runs_are_bitwise_identical(cell):
 
 @pytest.mark.cuda
 def test_falls_back_to_one_launch_per_phase_with_a_warning_once(monkeypatch):
-    """A device too small for any persistent grid (one SM): correct results, one warning per shape."""
+    """A device too small for even one batch block's programs (one SM holding one program):
+    correct results, one warning per shape."""
     from fused_rnn.kernels import launch
 
     real = launch.device_limits
-    monkeypatch.setattr(launch, "device_limits", lambda device: dataclasses.replace(real(device), sms=1))
+    monkeypatch.setattr(launch, "device_limits", lambda device: dataclasses.replace(real(device), sms=1, blocks_per_sm=1))
     monkeypatch.setattr(launch, "_CHOICES", {})
     monkeypatch.setattr(launch, "_WARNED", set())
     case = Case("lstm", 33, 40, 256, lengths=True)
@@ -281,6 +282,23 @@ def test_falls_back_to_one_launch_per_phase_with_a_warning_once(monkeypatch):
         _assert_parity(case, F32)
     forward_warnings = [w for w in record if "lstm forward" in str(w.message)]
     assert len(forward_warnings) == 1
+
+
+@pytest.mark.cuda
+def test_batch_blocks_run_in_several_persistent_launches_where_not_all_are_resident(monkeypatch):
+    """16 SMs holding one program each, plans of 16 programs per batch block and 3 batch blocks:
+    three persistent launches, one batch block each, no warning, correct results."""
+    from fused_rnn.kernels import launch
+
+    real = launch.device_limits
+    _restrict_plans(monkeypatch, lambda p: p.grid[0] == 16 and p.grid[1] == 3)
+    monkeypatch.setattr(launch, "device_limits", lambda device: dataclasses.replace(real(device), sms=16, blocks_per_sm=1))
+    monkeypatch.setattr(launch, "_CHOICES", {})
+    launch.LAST_PLANS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _assert_parity(Case("gru", 33, 40, 256, lengths=True), F32)
+    assert launch.LAST_PLANS and all(blocks == 1 for _, blocks in launch.LAST_PLANS.values())
 
 
 @pytest.mark.cuda
@@ -302,6 +320,6 @@ def test_persistent_variable_0_runs_one_launch_per_phase_with_the_same_results(m
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             runs[value] = forward_backward(case, "triton", BF16, DEVICE, inputs, grads)
-        assert all(persistent == (value == "1") for _, persistent in launch.LAST_PLANS.values())
+        assert all((blocks > 0) == (value == "1") for _, blocks in launch.LAST_PLANS.values())
     for key, persistent_value in runs["1"].items():
         assert torch.equal(runs["0"][key], persistent_value), key

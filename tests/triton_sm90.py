@@ -69,7 +69,7 @@ class KernelLaunch:
         constexprs = launch.kernel_meta(self.kernel, plan, self.meta)
         num_warps = constexprs.pop("num_warps")
         counters = torch.empty(plan.grid[1], dtype=torch.int32, device="meta")
-        return dataclasses.replace(self, grid=plan.grid, arguments=(*self.kernel_args, counters, 0, self.phases),
+        return dataclasses.replace(self, grid=plan.grid, arguments=(*self.kernel_args, counters, 0, self.phases, 0),
                                    constexprs=constexprs, num_warps=num_warps, plan=plan)
 
     @property
@@ -402,11 +402,12 @@ def _compiled(kernel_launch: KernelLaunch, cache: Optional[Path]) -> dict:
 
 def _choose_job(job: tuple) -> tuple:
     """The launch of job = (point, index, cache), and what kernels.launch.choose_plan would run of
-    its candidates on an H100: -> (chosen plan index, persistent, Compiled's fields of it)."""
+    its candidates on an H100: -> (chosen plan index, batch blocks per persistent launch (0: one
+    launch per phase), Compiled's fields of it)."""
     point, index, cache = job
     kernel_launch = point_launches(point)[index]
     if kernel_launch.plan is None:
-        return 0, False, _compiled(kernel_launch, cache)
+        return 0, 0, _compiled(kernel_launch, cache)
     results = {}
 
     def resources(plan):
@@ -417,13 +418,13 @@ def _choose_job(job: tuple) -> tuple:
         return found["registers"], found["stack_bytes"], found["shared"] + found["static_shared"]
 
     try:
-        plan, persistent = launch.choose_plan(kernel_launch.candidates, resources, planner.H100)
+        plan, blocks = launch.choose_plan(kernel_launch.candidates, resources, planner.H100)
     except RuntimeError:  # nothing fits a block: report the first candidate's compile
-        plan, persistent = kernel_launch.candidates[0], False
-    return kernel_launch.candidates.index(plan), persistent, results[plan]
+        plan, blocks = kernel_launch.candidates[0], 0
+    return kernel_launch.candidates.index(plan), blocks, results[plan]
 
 
-def _record(point: Point, kernel_launch: KernelLaunch, compiled: dict, persistent: bool) -> dict:
+def _record(point: Point, kernel_launch: KernelLaunch, compiled: dict, blocks: int) -> dict:
     plan = kernel_launch.plan
     record = {"point": str(point), "kernel": kernel_launch.kernel.__name__, "grid": list(kernel_launch.grid),
               "programs": kernel_launch.programs, "num_warps": kernel_launch.num_warps, **compiled}
@@ -435,7 +436,9 @@ def _record(point: Point, kernel_launch: KernelLaunch, compiled: dict, persisten
         record["plan"] = ", ".join(f"{k}={v}" for k, v in kernel_launch.constexprs.items() if k.startswith("BLOCK"))
         record["plan"] += f", {kernel_launch.num_warps} warps"
     else:
-        record.update(plan=plan.describe(), estimate_us=planner.step_estimate_us(plan), persistent=persistent,
+        launches = -(-plan.grid[1] // blocks) if blocks else 0
+        estimate = planner.sequence_step_estimate_us(plan, launches) if blocks else planner.step_estimate_us(plan)
+        record.update(plan=plan.describe(), estimate_us=estimate, blocks_per_launch=blocks, launches=launches,
                       candidate=kernel_launch.candidates.index(plan), phases_per_step=plan.phases_per_step,
                       resident=plan.resident, projected=plan.projected,
                       resident_chunks=sum(1 for c in plan.chunks + plan.proj_chunks if c))
@@ -472,10 +475,10 @@ def compile_points(points: list[Point], cache_dir: Optional[Path], workers: int 
             results[futures[future]] = future.result()
     records = []
     for point, kernel_launch, key in entries:
-        chosen, persistent, compiled = results[key]
+        chosen, blocks, compiled = results[key]
         if kernel_launch.plan is not None:
             kernel_launch = kernel_launch.with_plan(kernel_launch.candidates[chosen])
-        records.append(_record(point, kernel_launch, compiled, persistent))
+        records.append(_record(point, kernel_launch, compiled, blocks))
     return records
 
 
