@@ -46,6 +46,9 @@ RUNTIME_CANDIDATES = 3  # compiled at most per shape before falling back to one 
 # ptxas keeps a few values of the step loop in local memory (stack) in some plans, far below the
 # register cap (8-16 bytes, L1-resident); more than this counts as spilling.
 SPILL_BOUND_BYTES = 16
+# A kernel without local memory is preferred to one with some (within the bound) if its estimated
+# step is at most this much slower.
+LOCAL_FREE_MARGIN = 1.05
 # Resident blocks per SM by compute capability where it is not 32.
 _BLOCKS_PER_SM = {(7, 5): 16, (8, 6): 16, (8, 7): 16, (8, 9): 24, (12, 0): 24}
 # The interpreter runs programs one after another: small tiles (several programs at the test
@@ -107,13 +110,14 @@ LAST_PLANS: dict = {}
 
 def choose_plan(candidates, resources, limits: planner.DeviceLimits) -> tuple:
     """(plan, batch blocks per persistent launch) of the first RUNTIME_CANDIDATES candidates:
-    the first whose compiled kernel keeps its whole grid resident (blocks = plan.grid[1]); else the
-    first that keeps at least one batch block resident (its batch blocks then run in several
-    persistent launches); in each case a kernel without local memory first, then one with at most
-    SPILL_BOUND_BYTES. Else (plan, 0), one launch per phase, for the first that fits a block
-    (the least local memory). `resources(plan)` -> (registers, local memory bytes per thread,
-    shared memory bytes) of the plan's compiled kernel, or None where it does not compile or load.
-    The compile gate makes the same choice for sm_90."""
+    the first whose compiled kernel has at most SPILL_BOUND_BYTES of local memory and keeps its
+    whole grid resident (blocks = plan.grid[1]), or a later one without local memory whose
+    estimated step is within LOCAL_FREE_MARGIN of it; else, the same way, one that keeps at least
+    one batch block resident (its batch blocks then run in several persistent launches). Else
+    (plan, 0), one launch per phase, for the one that fits a block with the least local memory.
+    `resources(plan)` -> (registers, local memory bytes per thread, shared memory bytes) of the
+    plan's compiled kernel, or None where it does not compile or load. The compile gate makes the
+    same choice for sm_90."""
     viable = []  # (plan, local memory bytes, batch blocks per launch), in the planner's order
     for plan in candidates[:RUNTIME_CANDIDATES]:
         found = resources(plan)
@@ -129,10 +133,14 @@ def choose_plan(candidates, resources, limits: planner.DeviceLimits) -> tuple:
         raise RuntimeError(f"no launch plan fits {limits.name}: "
                            f"{[p.describe() for p in candidates[:RUNTIME_CANDIDATES]]}")
     for whole_grid in (True, False):
-        for bound in (0, SPILL_BOUND_BYTES):
-            for plan, local_bytes, blocks in viable:
-                if local_bytes <= bound and blocks and (blocks == plan.grid[1] or not whole_grid):
-                    return plan, blocks
+        persistent = [(plan, local_bytes, blocks) for plan, local_bytes, blocks in viable
+                      if local_bytes <= SPILL_BOUND_BYTES and blocks and (blocks == plan.grid[1] or not whole_grid)]
+        if persistent:
+            first = persistent[0]
+            margin = LOCAL_FREE_MARGIN * planner.step_estimate_us(first[0], limits=limits)
+            local_free = [v for v in persistent if v[1] == 0 and planner.step_estimate_us(v[0], limits=limits) <= margin]
+            plan, _, blocks = local_free[0] if local_free else first
+            return plan, blocks
     return min(viable, key=lambda v: v[1])[0], 0
 
 

@@ -138,8 +138,12 @@ def test_choose_plan_prefers_a_resident_grid_then_resident_batch_blocks_then_one
     assert launch.choose_plan([resident, halves], spills_when_resident, planner.H100) == (halves, 2)
     assert launch.choose_plan([resident], spills_when_resident, planner.H100) == (resident, 0)
     other = replace(resident, num_warps=4)  # 16 programs per SM by threads: resident too
-    stack_unless_other = lambda plan: (32, 0 if plan is other else launch.SPILL_BOUND_BYTES, 0)  # noqa: E731
-    assert launch.choose_plan([resident, other], stack_unless_other, planner.H100) == (other, 4)
-    assert launch.choose_plan([resident, halves], stack_unless_other, planner.H100) == (resident, 4)
+    slower = replace(resident, grid=(264, 2), block_b=2 * resident.block_b)  # resident, estimated slower
+    assert planner.step_estimate_us(slower) > launch.LOCAL_FREE_MARGIN * planner.step_estimate_us(resident)
+    assert planner.step_estimate_us(other) <= launch.LOCAL_FREE_MARGIN * planner.step_estimate_us(resident)
+    stack_for_resident = lambda plan: (32, launch.SPILL_BOUND_BYTES if plan is resident else 0, 0)  # noqa: E731
+    assert launch.choose_plan([resident, other], stack_for_resident, planner.H100) == (other, 4)
+    assert launch.choose_plan([resident, slower], stack_for_resident, planner.H100) == (resident, 4)
+    assert launch.choose_plan([resident, halves], stack_for_resident, planner.H100) == (resident, 4)
     with pytest.raises(RuntimeError, match="no launch plan fits"):
         launch.choose_plan([resident], lambda plan: None, planner.H100)
