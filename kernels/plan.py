@@ -263,12 +263,17 @@ def fits_a_block(plan: Plan, limits: DeviceLimits) -> bool:
 def blocks_per_launch(plan: Plan, per_sm: int, limits: DeviceLimits) -> int:
     """How many batch blocks (grid columns, which never exchange state) one persistent launch
     keeps resident at `per_sm` programs per SM: all of them; fewer, when the columns must run in
-    several persistent launches one after another; 0 when one column alone exceeds the device."""
+    several persistent launches one after another; 0 when one column alone exceeds the device.
+    (An empty grid, B = 0 or H = 0, launches nothing.)"""
+    if 0 in plan.grid:
+        return plan.grid[1]
     return min(plan.grid[1], per_sm * limits.sms // plan.grid[0])
 
 
 def estimated_launches(plan: Plan, limits: DeviceLimits) -> int:
     """Persistent launches per sequence at the estimated occupancy (0: none is resident)."""
+    if 0 in plan.grid:
+        return 1  # nothing to launch
     if not fits_a_block(plan, limits):
         return 0
     shared, registers, _ = estimated_resources(plan)
@@ -290,6 +295,8 @@ def sequence_step_estimate_us(plan: Plan, launches: int, limits: DeviceLimits = 
 
 def step_estimate_us(plan: Plan, rates: Rates = RATES, limits: DeviceLimits = H100) -> float:
     """Estimated microseconds per time step on an H100 (see the module docstring)."""
+    if plan.programs == 0:
+        return 0.0
     e = ELEMENT_SIZE[plan.dot]
     tagged = plan.acc != "fp64"  # tagged words (kernels.exchange): twice the bytes, no barrier
     per_sm = -(-plan.programs // limits.sms)

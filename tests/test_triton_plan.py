@@ -147,3 +147,10 @@ def test_choose_plan_prefers_a_resident_grid_then_resident_batch_blocks_then_one
     assert launch.choose_plan([resident, halves], stack_for_resident, planner.H100) == (resident, 4)
     with pytest.raises(RuntimeError, match="no launch plan fits"):
         launch.choose_plan([resident], lambda plan: None, planner.H100)
+
+
+@pytest.mark.parametrize("batch, hidden", [(0, 33), (5, 0)])
+def test_empty_problems_get_a_plan_that_launches_nothing(batch, hidden):
+    plans = planner.recurrence_plans("lstm", "forward", batch, hidden, hidden, False, "fp32", planner.H100)
+    assert plans and 0 in plans[0].grid and planner.step_estimate_us(plans[0]) == 0.0
+    assert planner.estimated_launches(plans[0], planner.H100) == 1
