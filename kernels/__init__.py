@@ -2,21 +2,25 @@
 
 The six functions of fused_rnn.reference with the same signatures, outputs and saved tensors
 (rnn/lstm/gru forward and backward), the inference variants of the LSTM and GRU forward (no saved
-tensors written; see fused_rnn.ops), plus `unavailable_reason(device)`. Per cell and direction of
-time one kernel runs the time loop itself: the hidden units are split across programs, each program
-loads its slice of W_hh (all gate rows of its units) once and keeps it for every step, and the
-programs exchange the state once per step (kernels.launch). Gate math, cell states and
-accumulation are float32; inputs float32, float16 or bfloat16.
+tensors written; see fused_rnn.ops), plus `unavailable_reason(device)`; kernels.attention holds the
+attention functions. Inputs float64, float32, float16 or bfloat16; gate math, cell states and
+accumulation in float32 (float64 for float64).
 
-Modes (kernels.launch): step mode, one launch per time step, is the default; a grid of one program
-runs the whole sequence in one launch. The persistent mode (one launch for the whole sequence, a
-grid barrier through a global atomic counter between steps) is opt-in with
-FUSED_RNN_TRITON_PERSISTENT=1 on CUDA and is not yet verified on a GPU. LSTM with a projection
-(proj_size) always runs per step with the projection as a torch GEMM between launches.
+Per cell and direction of time one kernel runs the whole sequence. The hidden units are split
+across programs; each holds its slice of W_hh as the A operand of its recurrent product, with the
+batch as N (kernels.product; resident in shared memory, or streamed from L2 where the slices do
+not fit on-chip), and the programs of a batch block exchange the state once per step through
+words tagged with the step that wrote them (kernels.exchange; float64 meets at a grid barrier,
+kernels.barrier). kernels.plan chooses the tiles from the shape, dtype and device limits;
+kernels.launch runs the plan whose compiled kernel fits: on CUDA one cooperative launch for the
+whole sequence when the grid is resident by the kernel's own occupancy; where only some batch
+blocks are, one cooperative launch per group of batch blocks, one after another; one launch per
+phase only where not one batch block is (with a warning naming the shape, once).
 
 On a CPU the kernels run in Triton's interpreter, which must be enabled (TRITON_INTERPRET=1) before
-this package is imported; there the persistent mode is never used (the interpreter runs programs
-one after another, so an in-kernel barrier would deadlock) and tl.dot operands are float32.
+this package is imported; there tl.dot operands are float32 (it computes bfloat16 dots wrongly)
+and a launch runs all phases at once only when each batch block is one program (the interpreter
+runs programs one after another).
 """
 
 from __future__ import annotations

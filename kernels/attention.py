@@ -3,13 +3,13 @@ same signatures, inputs (contiguous, validated by `fused_rnn.attention_ops`) and
 
 The kernels (attention_forward.py, attention_backward.py) never hold more than one
 [BLOCK_Q, BLOCK_K, BLOCK_A] slice of the additive hidden tensor, and store [B, Tq, Tk] only when
-the weights are asked for. On the CPU they run in Triton's interpreter (TRITON_INTERPRET=1).
+the weights are asked for; their tiles are attention_plan's. On the CPU they run in Triton's
+interpreter (TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -18,6 +18,8 @@ from torch import Tensor
 
 from fused_rnn.reference import accumulation_dtype, attention_softmax_delta
 
+from . import launch
+from .attention_plan import Blocks, attention_blocks
 from .attention_backward import attention_backward_kv_kernel, attention_backward_q_kernel
 from .attention_forward import attention_forward_kernel, combine_splits_kernel
 
@@ -26,55 +28,16 @@ from .attention_forward import attention_forward_kernel, combine_splits_kernel
 INTERPRETER_PROCESSORS = 4
 
 
-@dataclass(frozen=True)
-class Blocks:
-    """Tile sizes of one launch: queries, keys, features (dot: the padded feature size; additive:
-    the chunk of the attention size), values, and warps."""
-
-    q: int
-    k: int
-    f: int
-    dv: int
-    warps: int
-
-
-def _padded(size: int) -> int:
-    """Smallest power of two >= size, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(size))
-
-
 def _blocks(q: Tensor, additive: bool, stage: str, features: int, value_size: int) -> Blocks:
-    """Tiles for `stage` ("forward", "backward_kv", "backward_q"). The CUDA choices keep each
-    kernel within the H100's registers (checked with ptxas for sm_90a at D = Dv = 128 and 256)."""
-    dv = _padded(value_size)
-    if q.device.type != "cuda":  # the interpreter: small tiles, several chunks of A in the tests
-        chunk = min(8, triton.next_power_of_2(max(features, 1)))
-        return Blocks(16, 16, chunk if additive else _padded(features), dv, 4)
-    few_queries = q.shape[1] <= 16
-    if q.element_size() >= 4:  # float32 / float64 products run on CUDA cores: smallest tiles
-        return Blocks(16, 16, 4, dv, 4) if additive else Blocks(16, 16, _padded(features), dv, 8)
-    if additive:
-        block_q = 16 if few_queries or stage == "backward_kv" else 32
-        return Blocks(block_q, 32, 8, dv, 4)
-    f = _padded(features)
-    wide = max(f, dv) > 128
-    if stage == "forward":
-        if few_queries:
-            return Blocks(16, 64, f, dv, 4)
-        return Blocks(32, 64, f, dv, 4) if wide else Blocks(64, 64, f, dv, 8)
-    if stage == "backward_kv" and few_queries:
-        return Blocks(16, 32, f, dv, 8 if wide else 4)
-    return Blocks(32, 32, f, dv, 8) if wide else Blocks(32, 64, f, dv, 8)
-
-
-def _tile_arguments(blocks: Blocks) -> dict:
-    return dict(BLOCK_Q=blocks.q, BLOCK_K=blocks.k, BLOCK_F=blocks.f, BLOCK_DV=blocks.dv, num_warps=blocks.warps)
+    """The planner's tiles for a launch on q's device (a CPU tensor: the interpreter's)."""
+    return attention_blocks(additive, stage, q.shape[1], features, value_size, q.element_size(),
+                            interpreting=q.device.type == "cpu")
 
 
 def _kernel_options(q: Tensor) -> dict:
     """UPCAST: the interpreter computes bfloat16 tl.dot wrongly, so products run in float32 there.
     PRECISION: tf32 only where torch allows it for float32 matmuls."""
-    interpreting = q.device.type != "cuda"
+    interpreting = q.device.type == "cpu"
     tf32 = q.dtype == torch.float32 and not interpreting and torch.backends.cuda.matmul.allow_tf32
     return {
         "UPCAST": interpreting and q.dtype == torch.bfloat16,
@@ -89,10 +52,7 @@ def _device(tensor: Tensor):
 def forward_splits(programs: int, key_blocks: int, device: torch.device) -> int:
     """How many parts the keys are split into: enough programs for two waves of the device's
     processors when the query blocks alone are too few (the decoder step), one otherwise."""
-    if device.type == "cuda":
-        processors = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        processors = INTERPRETER_PROCESSORS
+    processors = INTERPRETER_PROCESSORS if device.type == "cpu" else launch.device_limits(device).sms
     target = 2 * processors
     if programs >= target:
         return 1
@@ -135,7 +95,7 @@ def _forward(
                 out, out_lse, out_lse if scores is None else scores,
                 queries, keys, features, value_size, keys_per_split, scale,
                 HAS_LENGTHS=key_lengths is not None, ADDITIVE=additive, STORE_SCORES=need_weights,
-                **_tile_arguments(blocks), **_kernel_options(q),
+                **blocks.meta(), **_kernel_options(q),
             )
             if splits > 1:
                 combine_splits_kernel[(q_blocks * batch,)](
@@ -188,7 +148,7 @@ def _backward(
     with _device(q):
         attention_backward_kv_kernel[(key_blocks * batch,)](
             *inputs, d_k, d_values, d_v_part, d_q_part, *sizes,
-            SINGLE_Q_BLOCK=single_q_block, **flags, **_tile_arguments(kv_blocks),
+            SINGLE_Q_BLOCK=single_q_block, **flags, **kv_blocks.meta(),
         )
         if single_q_block:
             d_q = d_q_part.sum(0)
@@ -196,7 +156,7 @@ def _backward(
             q_blocks = _blocks(q, additive, "backward_q", features, value_size)
             d_q = torch.zeros(q.shape, dtype=acc, device=q.device) if additive else torch.empty_like(q)
             attention_backward_q_kernel[(triton.cdiv(queries, q_blocks.q) * batch,)](
-                *inputs, d_q, *sizes, **flags, **_tile_arguments(q_blocks)
+                *inputs, d_q, *sizes, **flags, **q_blocks.meta()
             )
     d_v_vec = d_v_part.sum((0, 1)).to(v_vec.dtype) if additive else None
     return d_q.to(q.dtype), d_k.to(k.dtype), d_v_vec, d_values

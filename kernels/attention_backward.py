@@ -31,7 +31,7 @@ def attention_backward_kv_kernel(
     HAS_LENGTHS: tl.constexpr, HAS_GRAD_WEIGHTS: tl.constexpr, ADDITIVE: tl.constexpr,
     SINGLE_Q_BLOCK: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
 ):
     ACC: tl.constexpr = LSE.dtype.element_ty
     IN: tl.constexpr = VALUES.dtype.element_ty
@@ -76,14 +76,14 @@ def attention_backward_kv_kernel(
         else:
             q_tile = load_rows_raw(Q, offs_q, q_valid, offs_f, f_valid, F)
         s = score_tile(Q, K, V_VEC, q_tile, k_tile, offs_q, q_valid, offs_k, k_valid, F, scale,
-                       ADDITIVE, BLOCK_Q, BLOCK_K, BLOCK_F, ACC, UPCAST, PRECISION)
+                       ADDITIVE, BLOCK_Q, BLOCK_K, BLOCK_F, ACC, UPCAST, PRECISION, CHUNK)
         lse = tl.load(LSE + offs_q, mask=q_valid, other=float("inf"))
         p = tl.exp(s - lse[:, None])
         grad_out = load_rows_raw(GRAD_OUT, offs_q, q_valid, offs_dv, dv_valid, DV)
         d_values += matmul(tl.trans(p.to(IN)), grad_out, ACC, UPCAST, PRECISION)
         delta = tl.load(DELTA + offs_q, mask=q_valid, other=0.0)
-        ds = score_gradient(p, grad_out, values, GW, offs_q, q_valid, offs_k, k_valid, Tk, delta,
-                            HAS_GRAD_WEIGHTS, ACC, UPCAST, PRECISION).to(IN)
+        ds = score_gradient(p, grad_out, values, GRAD_OUT, VALUES, GW, offs_q, q_valid, offs_k, k_valid,
+                            DV, Tk, delta, HAS_GRAD_WEIGHTS, ACC, UPCAST, PRECISION, CHUNK).to(IN)
         if ADDITIVE:
             ds_acc = ds.to(ACC)
             for a0 in range(0, F, BLOCK_F):
@@ -121,7 +121,7 @@ def attention_backward_q_kernel(
     Tq, Tk, F, DV, scale,
     HAS_LENGTHS: tl.constexpr, HAS_GRAD_WEIGHTS: tl.constexpr, ADDITIVE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
 ):
     ACC: tl.constexpr = LSE.dtype.element_ty
     IN: tl.constexpr = VALUES.dtype.element_ty
@@ -163,11 +163,11 @@ def attention_backward_q_kernel(
         else:
             k_tile = load_rows_raw(K, offs_k, k_valid, offs_f, f_valid, F)
         s = score_tile(Q, K, V_VEC, q_tile, k_tile, offs_q, q_valid, offs_k, k_valid, F, scale,
-                       ADDITIVE, BLOCK_Q, BLOCK_K, BLOCK_F, ACC, UPCAST, PRECISION)
+                       ADDITIVE, BLOCK_Q, BLOCK_K, BLOCK_F, ACC, UPCAST, PRECISION, CHUNK)
         p = tl.exp(s - lse[:, None])
         values = load_rows_raw(VALUES, offs_k, k_valid, offs_dv, dv_valid, DV)
-        ds = score_gradient(p, grad_out, values, GW, offs_q, q_valid, offs_k, k_valid, Tk, delta,
-                            HAS_GRAD_WEIGHTS, ACC, UPCAST, PRECISION).to(IN)
+        ds = score_gradient(p, grad_out, values, GRAD_OUT, VALUES, GW, offs_q, q_valid, offs_k, k_valid,
+                            DV, Tk, delta, HAS_GRAD_WEIGHTS, ACC, UPCAST, PRECISION, CHUNK).to(IN)
         if ADDITIVE:
             ds_acc = ds.to(ACC)
             for a0 in range(0, F, BLOCK_F):

@@ -22,7 +22,7 @@ def attention_forward_kernel(
     Tq, Tk, F, DV, keys_per_split, scale,
     HAS_LENGTHS: tl.constexpr, ADDITIVE: tl.constexpr, STORE_SCORES: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
 ):
     ACC: tl.constexpr = OUT_LSE.dtype.element_ty
     q_blocks = tl.cdiv(Tq, BLOCK_Q)
@@ -63,7 +63,7 @@ def attention_forward_kernel(
         else:
             k_tile = load_rows_raw(K, offs_k, k_valid, offs_f, f_valid, F)
         s = score_tile(Q, K, V_VEC, q_tile, k_tile, offs_q, q_valid, offs_k, k_valid, F, scale,
-                       ADDITIVE, BLOCK_Q, BLOCK_K, BLOCK_F, ACC, UPCAST, PRECISION)
+                       ADDITIVE, BLOCK_Q, BLOCK_K, BLOCK_F, ACC, UPCAST, PRECISION, CHUNK)
         if STORE_SCORES:
             rows = b * Tq + offs_q.to(tl.int64)
             tl.store(SCORES + rows[:, None] * Tk + offs_k[None, :], s,

@@ -71,16 +71,37 @@ def additive_scores(PQ, PK, V_VEC, offs_q, q_valid, offs_k, k_valid, A,
 
 
 @triton.jit
+def rows_product(A, offs_a, a_valid, B, offs_b, b_valid, width, ROWS_A: tl.constexpr,
+                 ROWS_B: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """A[offs_a, :width] @ B[offs_b, :width]^T [ROWS_A, ROWS_B] (both row-major with rows of
+    `width`), CHUNK columns at a time read from memory: on CUDA cores a product holds whole rows of
+    its operands per thread, which for wide rows exceeds the registers."""
+    out = tl.zeros([ROWS_A, ROWS_B], dtype=ACC)
+    for c0 in range(0, width, CHUNK):
+        cols = c0 + tl.arange(0, CHUNK)
+        valid = cols < width
+        a = load_rows_raw(A, offs_a, a_valid, cols, valid, width)
+        b = load_rows_raw(B, offs_b, b_valid, cols, valid, width)
+        out += matmul(a, tl.trans(b), ACC, UPCAST, PRECISION)
+    return out
+
+
+@triton.jit
 def score_tile(PQ, PK, V_VEC, q_tile, k_tile, offs_q, q_valid, offs_k, k_valid, A, scale,
                ADDITIVE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
                BLOCK_A: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
-               PRECISION: tl.constexpr):
+               PRECISION: tl.constexpr, CHUNK: tl.constexpr):
     """The [BLOCK_Q, BLOCK_K] score tile, -inf outside the live keys `k_valid`. Dot scores take
-    the caller's tiles q_tile [BLOCK_Q, BLOCK_F] and k_tile [BLOCK_K, BLOCK_F]; additive scores read
-    pq and pk chunk by chunk (and ignore the tiles)."""
+    the caller's tiles q_tile [BLOCK_Q, BLOCK_F] and k_tile [BLOCK_K, BLOCK_F] (CHUNK > 0: read q
+    and k again CHUNK features at a time instead); additive scores read pq and pk chunk by chunk
+    (and ignore the tiles)."""
     if ADDITIVE:
         scores = additive_scores(PQ, PK, V_VEC, offs_q, q_valid, offs_k, k_valid, A,
                                  BLOCK_Q, BLOCK_K, BLOCK_A, ACC)
+    elif CHUNK > 0:
+        scores = rows_product(PQ, offs_q, q_valid, PK, offs_k, k_valid, A, BLOCK_Q, BLOCK_K, CHUNK,
+                              ACC, UPCAST, PRECISION) * scale
     else:
         scores = matmul(q_tile, tl.trans(k_tile), ACC, UPCAST, PRECISION) * scale
     return tl.where(k_valid[None, :], scores, float("-inf"))
@@ -101,12 +122,17 @@ def add_vector(ptr, offs, valid, value):
 
 
 @triton.jit
-def score_gradient(p, grad_out, values, GW, offs_q, q_valid, offs_k, k_valid, Tk, delta,
-                   HAS_GRAD_WEIGHTS: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
-                   PRECISION: tl.constexpr):
-    """dS = P * (dP - delta) [BLOCK_Q, BLOCK_K], dP = grad_out [BQ, DV] @ values [BK, DV]^T
-    (+ the weights' gradient GW [Tq, Tk] when given)."""
-    dp = matmul(grad_out, tl.trans(values), ACC, UPCAST, PRECISION)
+def score_gradient(p, grad_out, values, GRAD_OUT, VALUES, GW, offs_q, q_valid, offs_k, k_valid, DV,
+                   Tk, delta, HAS_GRAD_WEIGHTS: tl.constexpr, ACC: tl.constexpr,
+                   UPCAST: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr):
+    """dS = P * (dP - delta) [BLOCK_Q, BLOCK_K], dP = grad_out [BQ, DV] @ values [BK, DV]^T (CHUNK > 0:
+    read from GRAD_OUT and VALUES CHUNK columns at a time) + the weights' gradient GW [Tq, Tk]
+    when given."""
+    if CHUNK > 0:
+        dp = rows_product(GRAD_OUT, offs_q, q_valid, VALUES, offs_k, k_valid, DV, p.shape[0], p.shape[1],
+                          CHUNK, ACC, UPCAST, PRECISION)
+    else:
+        dp = matmul(grad_out, tl.trans(values), ACC, UPCAST, PRECISION)
     if HAS_GRAD_WEIGHTS:
         dp += load_rows(GW, offs_q, q_valid, offs_k, k_valid, Tk, ACC)
     return p * (dp - delta[:, None])

@@ -1,8 +1,18 @@
-"""The grid barrier of the persistent mode: every program of the launch meets here once per step.
+"""The grid barrier between the phases of a persistent float64 launch, split into its two halves
+(the other dtypes exchange tagged words instead: kernels.exchange).
 
-A global int32 counter, zeroed before each launch, counts arrivals; it only ever grows, so the n-th
-barrier of a launch waits for `n * programs` arrivals and no reset (and no second counter) is
-needed. Legal only when every program of the grid is resident at once (see kernels.launch).
+Programs that share a batch block (grid column) exchange state; different batch blocks never do, so
+each batch block has its own int32 arrival counter (`barrier [batch blocks]`, zeroed before each
+launch). A counter only grows, so before the n-th phase after the first a program waits for
+n * (programs of the column) arrivals, and no reset is needed. A column of one program needs only
+the CTA barrier.
+
+A phase ends with `arrive` as soon as its exchanged state is stored (its other outputs are stored
+after the arrival, while the slowest program catches up) and the next phase begins with `wait`.
+
+Legal only when every program of the grid is resident at once: kernels.launch launches persistent
+grids cooperatively (`launch_cooperative_grid=True`), so a grid that cannot be resident fails to
+launch instead of spinning forever.
 """
 
 import triton
@@ -10,17 +20,29 @@ import triton.language as tl
 
 
 @triton.jit
-def grid_barrier(counter_ptr, target):
-    """Arrive at the barrier and wait until the counter reaches `target`.
+def arrive(barrier, TAGGED: tl.constexpr):
+    """Count this program's arrival: a release, after a CTA barrier that orders every warp's
+    exchange stores of the phase before it. Nothing for TAGGED exchanges (kernels.exchange)."""
+    if (not TAGGED) and tl.num_programs(0) > 1:
+        tl.debug_barrier()
+        tl.atomic_add(barrier + tl.program_id(1), 1, sem="release", scope="gpu")
 
-    The arrival is a release (this program's stores of the step are visible before it counts), the
-    polling reads are acquires (the other programs' stores are visible after the wait). Scalar
-    atomics run once per program; the CTA barriers around them order every warp's memory accesses
-    with that one thread's.
+
+@triton.jit
+def wait(barrier, completed, TAGGED: tl.constexpr):
+    """Wait until every program of this column has arrived `completed` times in this launch
+    (nothing for TAGGED exchanges: their readers wait for the tags).
+
+    The polling is plain volatile loads (no read-modify-write traffic on the counter while others
+    arrive), ended by one acquire; the CTA barrier then lets the other warps read what the other
+    programs (or, in a one-program column, the other warps) wrote.
     """
-    tl.debug_barrier()
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while arrived < target:
-        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
+    if not TAGGED:
+        if tl.num_programs(0) > 1:
+            counter = barrier + tl.program_id(1)
+            target = completed * tl.num_programs(0)
+            arrived = tl.load(counter, volatile=True)
+            while arrived < target:
+                arrived = tl.load(counter, volatile=True)
+            tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()

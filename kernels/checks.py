@@ -13,16 +13,17 @@ import torch
 from torch import Tensor
 
 from fused_rnn import ops
+from fused_rnn.reference import accumulation_dtype
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_dtype(name: str, tensor: Tensor) -> None:
-    """The kernels compute in float32 and store float32, float16 or bfloat16."""
+    """The kernels take every floating dtype torch.nn's recurrent modules take."""
     if tensor.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(
-            f"the triton backend supports {name} of dtype float32, float16 or bfloat16, got "
-            f"{tensor.dtype}; use backend='reference' for other dtypes"
+            f"the triton backend supports {name} of dtype float64, float32, float16 or bfloat16, "
+            f"got {tensor.dtype}; use backend='reference' for other dtypes"
         )
 
 
@@ -82,7 +83,7 @@ def check_lstm_backward_args(
             "grad_hs": (grad_hs, [steps, batch, state], dtype),
             "grad_h_n": (grad_h_n, [batch, state], dtype),
             "grad_c_n": (grad_c_n, [batch, hidden], dtype),
-            "cs": (cs, [steps, batch, hidden], torch.float32),
+            "cs": (cs, [steps, batch, hidden], accumulation_dtype(dtype)),
             "gates": (gates, [steps, batch, 4 * hidden], dtype),
         },
     )

@@ -1,19 +1,23 @@
 """Parity of the Triton recurrence kernels against the float64 reference, forward and backward.
 
-Without a GPU the kernels run in Triton's interpreter (tests/conftest.py), where the tiles are 16
-batch rows by 32 hidden units: H = 33 and 100 split the units over 2 and 4 programs (step mode,
-one launch per step), B = 20 splits the rows over 2 programs, and H <= 32 with B <= 16 is one
-program running the whole sequence in one launch. Each value of each axis (cell, H, T, B, lengths,
-dtype) appears in a lean set of cases rather than in their product. Every case runs with
-NaN-poisoned allocations, so an element a kernel forgets to write fails it.
+Without a GPU the kernels run in Triton's interpreter (tests/conftest.py) with the plans a GPU
+would get (kernels.plan) but float32 products. The interpreter runs programs one after another,
+so a launch is persistent (every phase in one launch, the grid barrier between them; one launch per
+batch block) only when each batch block is one program; otherwise it runs one launch per phase. Each value of each axis (cell,
+H, T, B, lengths, dtype) appears in a lean set of cases rather than in their product, and every
+plan mode the planner can pick (test_every_plan_mode_matches_reference) is run for every cell.
+Every case runs with NaN-poisoned allocations, so an element a kernel forgets to write fails it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import pytest
 import torch
 
-from fused_rnn import ops, reference
+from fused_rnn import reference
 from fused_rnn.backends import get_backend, unavailable_reason
 from fused_rnn.parity import (
     Case,
@@ -30,13 +34,14 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REASON = unavailable_reason("triton", DEVICE)
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
 
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 
-# (case, dtype): every cell in float32 and float16; H in {1, 33, 100}; T in {1, 7, 63};
-# B in {1, 5} (and 20: two row blocks); with and without lengths.
+# (case, dtype): every cell in float64, float32 and float16; H in {1, 33, 100}; T in {1, 7, 63};
+# B in {1, 5} (and 20: two batch blocks); with and without lengths.
 CASES = [
     (Case("rnn_tanh", 7, 5, 33, lengths=True), F32),
     (Case("rnn_tanh", 63, 1, 1), F16),
+    (Case("rnn_tanh", 7, 5, 33, lengths=True), F64),
     (Case("rnn_relu", 7, 5, 100), F32),
     (Case("rnn_relu", 1, 5, 33, lengths=True), F16),
     (Case("lstm", 7, 5, 33, lengths=True), F32),
@@ -44,12 +49,15 @@ CASES = [
     (Case("lstm", 63, 5, 1, lengths=True), F16),
     (Case("lstm", 7, 1, 100), F16),
     (Case("lstm", 4, 20, 17, lengths=True), F32),
+    (Case("lstm", 7, 5, 33, lengths=True), F64),
     (Case("lstm_proj", 7, 5, 33, proj=20, lengths=True), F32),
     (Case("lstm_proj", 7, 1, 100, proj=7), F16),
+    (Case("lstm_proj", 5, 5, 33, proj=9, lengths=True), F64),
     (Case("gru", 7, 5, 100, lengths=True), F32),
     (Case("gru", 63, 1, 1, lengths=True), F32),
     (Case("gru", 7, 5, 33, lengths=True), F16),
     (Case("gru", 1, 1, 100), F16),
+    (Case("gru", 7, 20, 17, lengths=True), F64),
 ]
 
 
@@ -118,12 +126,6 @@ def test_inference_functions_equal_the_forward_functions(case):
         assert torch.equal(got, want), f"output {index}"
 
 
-def test_float64_is_refused_with_the_dtypes_it_supports():
-    xw, w_hh, h0 = torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="xw of dtype float32, float16 or bfloat16, got torch.float64"):
-        ops.rnn_forward(xw.to(DEVICE), w_hh.to(DEVICE), h0.to(DEVICE), None, False, "triton")
-
-
 def test_backward_checks_name_the_argument():
     from fused_rnn import kernels
 
@@ -139,43 +141,185 @@ def test_backward_checks_name_the_argument():
 
 
 # ---------------------------------------------------------------------------------------------
-# GPU only: bfloat16 (the interpreter computes bfloat16 dots wrongly), the persistent mode, and
-# bitwise repeatability.
+# Every plan mode: each cell run with the candidates of kernels.plan restricted to one mode. The
+# default float32 plans (FMA products, streamed W, several programs) are CASES' float32 cases.
 # ---------------------------------------------------------------------------------------------
 
-GPU_CASES = [c for c, _ in CASES] + [Case("lstm", 33, 40, 256, lengths=True), Case("gru", 17, 70, 130, lengths=True)]
+
+def _restrict_plans(monkeypatch, predicate, tf32: bool = False) -> None:
+    """Make kernels.launch choose among the planner's candidates that satisfy `predicate` (planned
+    with tf32 products for float32 when `tf32`, so that float32 gets tensor-core plans)."""
+    from fused_rnn.kernels import launch, plan
+
+    def plans(cell, direction, batch, hidden, state, projected, like):
+        candidates = plan.recurrence_plans(
+            cell, direction, batch, hidden, state, projected, launch.DTYPE_NAMES[like.dtype],
+            launch.device_limits(like.device), tf32=tf32, interpreting=launch.INTERPRETING,
+        )
+        chosen = [p for p in candidates if predicate(p)]
+        assert chosen, f"no {cell} {direction} plan of this mode at B={batch} H={hidden}"
+        return chosen
+
+    monkeypatch.setattr(launch, "plans", plans)
+
+
+PLAN_MODES = {
+    # name: (predicate on the plan, tf32 planning, dtype, one program per batch block)
+    "one-program-per-batch-block": (lambda p: True, True, F32, True),
+    "resident-split-k": (lambda p: p.resident and p.split > 1, True, F32, False),
+    "resident-warps-over-m-n": (lambda p: p.resident and p.split == 1, True, F32, False),
+    "streamed-split-k": (lambda p: not p.resident and p.split > 1, True, F32, False),
+    "streamed-warps-over-m-n": (lambda p: not p.resident and p.split == 1, True, F32, False),
+    "fma-float64": (lambda p: True, False, F64, False),
+    "fma-float64-one-program-per-batch-block": (lambda p: True, False, F64, True),
+}
+MODE_CASES = {
+    "rnn_tanh": Case("rnn_tanh", 3, 20, 48, lengths=True, seed=2),
+    "lstm": Case("lstm", 3, 20, 48, lengths=True, seed=2),
+    "lstm_proj": Case("lstm_proj", 3, 20, 48, proj=32, lengths=True, seed=2),
+    "gru": Case("gru", 3, 20, 48, lengths=True, seed=2),
+}
+
+
+@pytest.mark.parametrize("mode", list(PLAN_MODES))
+@pytest.mark.parametrize("cell", list(MODE_CASES))
+def test_every_plan_mode_matches_reference(cell, mode, monkeypatch):
+    """B = 20 spans two batch blocks of 16; H = 48 splits the units over several programs (or, for
+    the persistent mode, over one program per batch block)."""
+    from fused_rnn.kernels import launch
+
+    predicate, tf32, dtype, one_program = PLAN_MODES[mode]
+    in_mode = lambda p: predicate(p) and (p.grid[0] == 1) == one_program  # noqa: E731
+    _restrict_plans(monkeypatch, in_mode, tf32)
+    launch.LAST_PLANS.clear()
+    _assert_parity(MODE_CASES[cell], dtype)
+    ran = list(launch.LAST_PLANS.values())
+    assert ran and all(in_mode(plan) for plan, _ in ran)
+
+
+def test_the_interpreter_runs_all_phases_in_one_launch_only_with_one_program_per_batch_block():
+    from fused_rnn.kernels import launch
+
+    if DEVICE.type != "cpu":
+        pytest.skip("the interpreter's rule")
+    launch.LAST_PLANS.clear()
+    _assert_parity(Case("lstm", 3, 20, 5), F32)  # H = 5: one program per batch block
+    _assert_parity(Case("gru", 3, 5, 100), F32)  # several programs: one launch per phase
+    modes = {shape.split(" B=")[0] + f" H={plan.grid[0] > 1}": blocks > 0 for shape, (plan, blocks) in launch.LAST_PLANS.items()}
+    assert modes == {"lstm forward H=False": True, "lstm backward H=False": True,
+                     "gru forward H=True": False, "gru backward H=True": False}, modes
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: the persistent plans at T = 1024, bitwise repeatability, the fallback to one launch per
+# phase, and bfloat16 (the interpreter computes bfloat16 dots wrongly). The parity of every backend
+# and dtype on CUDA is tests/test_cuda_parity.py's.
+# ---------------------------------------------------------------------------------------------
+
+GPU_MODES = [m for m, (_, _, _, one_program) in PLAN_MODES.items() if not one_program]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
-def test_parity_on_cuda(case, dtype):
-    _assert_parity(case, dtype)
+@pytest.mark.parametrize("mode", GPU_MODES)
+@pytest.mark.parametrize("cell", list(MODE_CASES))
+def test_plan_modes_run_persistent_at_1024_steps(cell, mode, monkeypatch):
+    from fused_rnn.kernels import launch
+
+    predicate, tf32, dtype, _ = PLAN_MODES[mode]
+    _restrict_plans(monkeypatch, predicate, tf32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    launch.LAST_PLANS.clear()
+    base = MODE_CASES[cell]
+    case = Case(base.cell, 1024, 16, 256, proj=base.proj and 96, lengths=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to one launch per phase
+        _assert_parity(case, dtype)
+    assert launch.LAST_PLANS and all(blocks == plan.grid[1] for plan, blocks in launch.LAST_PLANS.values())
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
-@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_persistent_mode_parity_at_1024_steps(cell, dtype, monkeypatch):
-    from fused_rnn.kernels.launch import plan_launch
+@pytest.mark.parametrize("cell", list(MODE_CASES))
+def test_bfloat16_at_the_judged_shape(cell):
+    from fused_rnn.kernels import launch
 
-    monkeypatch.setenv("FUSED_RNN_TRITON_PERSISTENT", "1")
-    case = Case(cell, 1024, 16, 256, lengths=True)
-    xw = torch.empty(1, case.batch, 1, dtype=dtype, device=DEVICE)
-    assert plan_launch(case.batch, case.hidden, case.hidden, xw).persistent
-    _assert_parity(case, dtype)
+    launch.LAST_PLANS.clear()
+    base = MODE_CASES[cell]
+    _assert_parity(Case(base.cell, 256, 16, 768, proj=base.proj and 256, lengths=True), BF16)
+    assert all(blocks == plan.grid[1] for plan, blocks in launch.LAST_PLANS.values())
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("persistent", ["0", "1"])
-def test_repeated_runs_are_bitwise_identical(persistent, monkeypatch):
-    from fused_rnn.parity import forward_backward, make_inputs
+@pytest.mark.parametrize("cell", list(MODE_CASES))
+def test_repeated_runs_are_bitwise_identical(cell):
+    from fused_rnn.parity import forward_backward
 
-    monkeypatch.setenv("FUSED_RNN_TRITON_PERSISTENT", persistent)
-    case = Case("lstm", 200, 16, 256, lengths=True)
+    base = MODE_CASES[cell]
+    case = Case(base.cell, 200, 16, 256, proj=base.proj and 96, lengths=True)
     inputs = make_inputs(case, torch.Generator().manual_seed(1))
-    grads = [torch.randn(s) for s in ([200, 16, 256], [16, 256], [16, 256])]
+    name, args = op_arguments(case.cell, inputs)
+    outputs = getattr(reference, f"{name}_forward")(*args)
+    shapes = [outputs[0].shape, outputs[1].shape] + ([inputs["c0"].shape] if name == "lstm" else [])
+    grads = [torch.randn(s) for s in shapes]
     runs = [forward_backward(case, "triton", BF16, DEVICE, inputs, grads) for _ in range(3)]
     for run in runs[1:]:
-        for name, value in run.items():
-            assert torch.equal(value, runs[0][name]), name
+        for key, value in run.items():
+            assert torch.equal(value, runs[0][key]), key
+
+
+@pytest.mark.cuda
+def test_falls_back_to_one_launch_per_phase_with_a_warning_once(monkeypatch):
+    """A device too small for even one batch block's programs (one SM holding one program):
+    correct results, one warning per shape."""
+    from fused_rnn.kernels import launch
+
+    real = launch.device_limits
+    monkeypatch.setattr(launch, "device_limits", lambda device: dataclasses.replace(real(device), sms=1, blocks_per_sm=1))
+    monkeypatch.setattr(launch, "_CHOICES", {})
+    monkeypatch.setattr(launch, "_WARNED", set())
+    case = Case("lstm", 33, 40, 256, lengths=True)
+    with pytest.warns(RuntimeWarning, match="lstm forward B=40 H=256 P=256 torch.float32 runs one launch per phase") as record:
+        _assert_parity(case, F32)
+        _assert_parity(case, F32)
+    forward_warnings = [w for w in record if "lstm forward" in str(w.message)]
+    assert len(forward_warnings) == 1
+
+
+@pytest.mark.cuda
+def test_batch_blocks_run_in_several_persistent_launches_where_not_all_are_resident(monkeypatch):
+    """16 SMs holding one program each, plans of 16 programs per batch block and 3 batch blocks:
+    three persistent launches, one batch block each, no warning, correct results."""
+    from fused_rnn.kernels import launch
+
+    real = launch.device_limits
+    _restrict_plans(monkeypatch, lambda p: p.grid[0] == 16 and p.grid[1] == 3)
+    monkeypatch.setattr(launch, "device_limits", lambda device: dataclasses.replace(real(device), sms=16, blocks_per_sm=1))
+    monkeypatch.setattr(launch, "_CHOICES", {})
+    launch.LAST_PLANS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _assert_parity(Case("gru", 33, 40, 256, lengths=True), F32)
+    assert launch.LAST_PLANS and all(blocks == 1 for _, blocks in launch.LAST_PLANS.values())
+
+
+@pytest.mark.cuda
+def test_persistent_variable_0_runs_one_launch_per_phase_with_the_same_results(monkeypatch):
+    """FUSED_RNN_TRITON_PERSISTENT=0 (make gpu-check's step mode): every launch one phase, no
+    warning, and bitwise the results of the persistent launch (the exchange fixes the order)."""
+    from fused_rnn.kernels import launch
+    from fused_rnn.parity import forward_backward
+
+    case = Case("lstm", 33, 16, 256, lengths=True)
+    inputs = make_inputs(case, torch.Generator().manual_seed(4))
+    name, args = op_arguments(case.cell, inputs)
+    outputs = getattr(reference, f"{name}_forward")(*args)
+    grads = [torch.randn(s) for s in (outputs[0].shape, outputs[1].shape, inputs["c0"].shape)]
+    runs = {}
+    for value in ("1", "0"):
+        monkeypatch.setenv(launch.PERSISTENT_VARIABLE, value)
+        launch.LAST_PLANS.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            runs[value] = forward_backward(case, "triton", BF16, DEVICE, inputs, grads)
+        assert all((blocks > 0) == (value == "1") for _, blocks in launch.LAST_PLANS.values())
+    for key, persistent_value in runs["1"].items():
+        assert torch.equal(runs["0"][key], persistent_value), key
