@@ -2,6 +2,9 @@
 
 One op per cell and direction of differentiation, shared by every backend; the `backend` argument
 names the implementation (see `fused_rnn.backends`), which receives contiguous, validated inputs.
+The ops are defined with `fused_rnn.op_library.define_op` (torch.library's define, impl,
+register_fake and register_autograd: custom_op's registration without its import of torch._dynamo
+on the first eager call); each name below is the op's OpOverload.
 
     fused_rnn::rnn_forward   (xw, w_hh, h0, lengths, relu, backend)       -> hs, h_n
     fused_rnn::lstm_forward  (xw, w_hh, w_hr, h0, c0, lengths, backend)   -> hs, h_n, c_n, cs, gates
@@ -30,6 +33,7 @@ from torch import Tensor
 
 from . import reference
 from .backends import get_backend
+from .op_library import define_op
 
 # ----------------------------------------------------------------------------------------------
 # Validation shared by the real and the fake implementations.
@@ -134,7 +138,7 @@ def contiguous(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fused_rnn::rnn_forward", mutates_args=())
+@define_op("fused_rnn::rnn_forward")
 def rnn_forward(
     xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], relu: bool, backend: str
 ) -> tuple[Tensor, Tensor]:
@@ -143,13 +147,13 @@ def rnn_forward(
     return get_backend(backend).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
 
 
-@rnn_forward.register_fake
+@torch.library.register_fake(rnn_forward)
 def _(xw, w_hh, h0, lengths, relu, backend):
     check_rnn_args(xw, w_hh, h0, lengths)
     return torch.empty_like(xw), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fused_rnn::rnn_backward", mutates_args=())
+@define_op("fused_rnn::rnn_backward")
 def rnn_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -167,12 +171,12 @@ def rnn_backward(
     return get_backend(backend).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
 
 
-@rnn_backward.register_fake
+@torch.library.register_fake(rnn_backward)
 def _(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, relu, backend):
     return torch.empty_like(xw), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fused_rnn::lstm_forward", mutates_args=())
+@define_op("fused_rnn::lstm_forward")
 def lstm_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -187,7 +191,7 @@ def lstm_forward(
     return get_backend(backend).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
 
 
-@lstm_forward.register_fake
+@torch.library.register_fake(lstm_forward)
 def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     steps, batch = xw.shape[:2]
@@ -201,7 +205,7 @@ def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     )
 
 
-@torch.library.custom_op("fused_rnn::lstm_backward", mutates_args=())
+@define_op("fused_rnn::lstm_backward")
 def lstm_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -222,13 +226,13 @@ def lstm_backward(
     return get_backend(backend).lstm_backward(*args)
 
 
-@lstm_backward.register_fake
+@torch.library.register_fake(lstm_backward)
 def _(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, backend):
     dw_hr = xw.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
     return torch.empty_like(xw), torch.empty_like(h0), torch.empty_like(c0), dw_hr
 
 
-@torch.library.custom_op("fused_rnn::gru_forward", mutates_args=())
+@define_op("fused_rnn::gru_forward")
 def gru_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -242,7 +246,7 @@ def gru_forward(
     return get_backend(backend).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
 
 
-@gru_forward.register_fake
+@torch.library.register_fake(gru_forward)
 def _(xw, w_hh, b_hn, h0, lengths, backend):
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     steps, batch, hidden = xw.shape[0], xw.shape[1], h0.shape[1]
@@ -253,7 +257,7 @@ def _(xw, w_hh, b_hn, h0, lengths, backend):
     )
 
 
-@torch.library.custom_op("fused_rnn::gru_backward", mutates_args=())
+@define_op("fused_rnn::gru_backward")
 def gru_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -271,7 +275,7 @@ def gru_backward(
     return get_backend(backend).gru_backward(*args)
 
 
-@gru_backward.register_fake
+@torch.library.register_fake(gru_backward)
 def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
     return torch.empty_like(xw), torch.empty_like(hs), torch.empty_like(h0)
 
@@ -286,7 +290,7 @@ def _run_inference(backend: str, family: str, args: list, outputs: int) -> tuple
     return getattr(implementation, f"{family}_forward")(*args)[:outputs]
 
 
-@torch.library.custom_op("fused_rnn::lstm_inference", mutates_args=())
+@define_op("fused_rnn::lstm_inference")
 def lstm_inference(
     xw: Tensor,
     w_hh: Tensor,
@@ -302,13 +306,13 @@ def lstm_inference(
     return _run_inference(backend, "lstm", contiguous(xw, w_hh, w_hr, h0, c0, lengths), outputs=3)
 
 
-@lstm_inference.register_fake
+@torch.library.register_fake(lstm_inference)
 def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
 
 
-@torch.library.custom_op("fused_rnn::gru_inference", mutates_args=())
+@define_op("fused_rnn::gru_inference")
 def gru_inference(
     xw: Tensor,
     w_hh: Tensor,
@@ -323,7 +327,7 @@ def gru_inference(
     return _run_inference(backend, "gru", contiguous(xw, w_hh, b_hn, h0, lengths), outputs=2)
 
 
-@gru_inference.register_fake
+@torch.library.register_fake(gru_inference)
 def _(xw, w_hh, b_hn, h0, lengths, backend):
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0)
@@ -365,7 +369,7 @@ def _rnn_grad(ctx, grad_hs, grad_h_n):
     return dxw, dw_hh, dh0, None, None, None
 
 
-rnn_forward.register_autograd(_rnn_grad, setup_context=_rnn_setup_context)
+torch.library.register_autograd(rnn_forward, _rnn_grad, setup_context=_rnn_setup_context)
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -385,7 +389,7 @@ def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
     return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
 
 
-lstm_forward.register_autograd(_lstm_grad, setup_context=_lstm_setup_context)
+torch.library.register_autograd(lstm_forward, _lstm_grad, setup_context=_lstm_setup_context)
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -409,7 +413,7 @@ def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
     return dxw, dw_hh, db_hn, dh0, None, None
 
 
-gru_forward.register_autograd(_gru_grad, setup_context=_gru_setup_context)
+torch.library.register_autograd(gru_forward, _gru_grad, setup_context=_gru_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,7 +464,7 @@ def _rnn_backward_grad(ctx, grad_dxw, grad_dh0):
     return (*grads, None, None, None, None)
 
 
-rnn_backward.register_autograd(_rnn_backward_grad, setup_context=_rnn_backward_setup_context)
+torch.library.register_autograd(rnn_backward, _rnn_backward_grad, setup_context=_rnn_backward_setup_context)
 
 
 def _lstm_backward_setup_context(ctx, inputs, output):
@@ -485,7 +489,7 @@ def _lstm_backward_grad(ctx, grad_dxw, grad_dh0, grad_dc0, grad_dw_hr):
     return (*grads, None, None, None, None, None)
 
 
-lstm_backward.register_autograd(_lstm_backward_grad, setup_context=_lstm_backward_setup_context)
+torch.library.register_autograd(lstm_backward, _lstm_backward_grad, setup_context=_lstm_backward_setup_context)
 
 
 def _gru_backward_setup_context(ctx, inputs, output):
@@ -508,4 +512,4 @@ def _gru_backward_grad(ctx, grad_dxw, grad_d_hn, grad_dh0):
     return (*grads, None, None, None, None)
 
 
-gru_backward.register_autograd(_gru_backward_grad, setup_context=_gru_backward_setup_context)
+torch.library.register_autograd(gru_backward, _gru_backward_grad, setup_context=_gru_backward_setup_context)
