@@ -347,9 +347,12 @@ def needs_grad(*tensors: Optional[Tensor]) -> bool:
 def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
     """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
 
-    Two GEMMs over views (step 0 against h0, steps 1.. against hs[:-1]); no copy of hs.
+    Two GEMMs over views (step 0 against h0, steps 1.. against hs[:-1]); no copy of hs. A single
+    step (a decoder called once per step) runs the first only.
     """
     first = d_gates[0].t() @ h0
+    if d_gates.shape[0] == 1:
+        return first
     rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
     rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
     return torch.addmm(first, rest_gates.t(), rest_hidden)
