@@ -45,15 +45,18 @@ def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, index)
 
 
-def input_projection(mode: str, x: Tensor, w: LayerWeights) -> tuple[Tensor, Optional[Tensor]]:
-    """xw [T, B, G*H] with every bias outside the recurrence folded in, and GRU's b_hn [H]."""
+def input_projection(
+    mode: str, x: Tensor, w: LayerWeights, backend: str = "reference"
+) -> tuple[Tensor, Optional[Tensor]]:
+    """xw [T, B, G*H] with every bias outside the recurrence folded in, and GRU's b_hn [H]; the GEMM
+    is the backend's where it has one (ops.project)."""
     if w.b_ih is None:
-        return F.linear(x, w.w_ih), None
+        return ops.project(x, w.w_ih, None, backend), None
     if mode != "GRU":
-        return F.linear(x, w.w_ih, w.b_ih + w.b_hh), None
+        return ops.project(x, w.w_ih, w.b_ih + w.b_hh, backend), None
     hidden = w.w_hh.shape[1]
     b_hr_hz, b_hn = w.b_hh[: 2 * hidden], w.b_hh[2 * hidden :]
-    return F.linear(x, w.w_ih, w.b_ih + torch.cat([b_hr_hz, torch.zeros_like(b_hn)])), b_hn
+    return ops.project(x, w.w_ih, w.b_ih + torch.cat([b_hr_hz, torch.zeros_like(b_hn)]), backend), b_hn
 
 
 def recurrence(
@@ -103,7 +106,7 @@ def run_direction(
     """One layer in one direction over x [T, B, I] -> out [T, B, P], h_n [B, P], c_n [B, H]|None."""
     if reverse:
         x = reverse_padded(x, lengths)
-    xw, b_hn = input_projection(mode, x, w)
+    xw, b_hn = input_projection(mode, x, w, backend)
     out, h_n, c_n = recurrence(mode, xw, w, b_hn, h0, c0, lengths, backend)
     if reverse:
         out = reverse_padded(out, lengths)

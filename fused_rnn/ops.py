@@ -14,6 +14,10 @@ on the first eager call); each name below is the op's OpOverload.
                              the forward ops without the tensors saved for backward (cs, gates):
                              -> hs, h_n, c_n and hs, h_n; not differentiable
 
+    fused_rnn::linear        (x, w, b, backend)                           -> x @ w^T + b
+                             the GEMMs around the recurrence: the input projection of every
+                             step and the gradients of the inputs and the weights
+
 The inference ops are what a forward pass runs when no gradient is needed (fused_rnn.functional).
 A backend may implement them (`lstm_inference`, `gru_inference`) to skip writing the saved tensors;
 otherwise they run its forward functions.
@@ -29,10 +33,11 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference
-from .backends import get_backend
+from .backends import constant_when_traced, get_backend
 from .op_library import define_op
 
 # ----------------------------------------------------------------------------------------------
@@ -340,22 +345,78 @@ def needs_grad(*tensors: Optional[Tensor]) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd of the forward ops.
+# The GEMMs around the recurrence.
 # ----------------------------------------------------------------------------------------------
 
 
-def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
+@define_op("fused_rnn::linear")
+def linear(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
+    """x [M, K] @ w [N, K]^T + b ([N], [M, N] or None) -> [M, N], operands of any strides, through
+    the backend's `linear` where it has one (the native one runs oneDNN on the CPU), else torch's
+    GEMM. Differentiable to every order: its gradients are products of this op."""
+    implementation = getattr(get_backend(backend), "linear", None)
+    if implementation is not None:
+        return implementation(x, w, b)
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
+@torch.library.register_fake(linear)
+def _(x, w, b, backend):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, w, b, backend = inputs
+    ctx.save_for_backward(x, w)
+    ctx.bias_is_vector = b is not None and b.dim() == 1
+    ctx.backend = backend
+
+
+def _linear_grad(ctx, grad):
+    x, w = ctx.saved_tensors
+    dx = linear(grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
+    dw = linear(grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
+    db = None
+    if ctx.needs_input_grad[2]:
+        db = grad.sum(0) if ctx.bias_is_vector else grad
+    return dx, dw, db, None
+
+
+torch.library.register_autograd(linear, _linear_grad, setup_context=_linear_setup_context)
+
+
+@constant_when_traced
+def has_own_gemm(backend: str) -> bool:
+    """Whether `backend` (a resolved name) implements `linear`, the GEMMs around its recurrence."""
+    return hasattr(get_backend(backend), "linear")
+
+
+def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
+    """F.linear(x, w, b) for x [..., K], w [N, K], b [N] or None -> [..., N]: the `linear` op for a
+    backend with its own GEMM, else (and under autocast, which casts F.linear) F.linear."""
+    if not has_own_gemm(backend) or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, w, b)
+    return linear(x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
+
+
+def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str = "reference") -> Tensor:
     """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
 
-    Two GEMMs over views (step 0 against h0, steps 1.. against hs[:-1]); no copy of hs. A single
-    step (a decoder called once per step) runs the first only.
+    Two GEMMs over views (step 0 against h0, steps 1.. added to it against hs[:-1]); no copy of hs
+    nor of d_gates (a slice of the last dimension of a contiguous tensor is a view). A single step
+    (a decoder called once per step) runs the first only.
     """
-    first = d_gates[0].t() @ h0
+    first = linear(d_gates[0].t(), h0.t(), None, backend)
     if d_gates.shape[0] == 1:
         return first
     rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
     rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
-    return torch.addmm(first, rest_gates.t(), rest_hidden)
+    return linear(rest_gates.t(), rest_hidden.t(), first, backend)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd of the forward ops.
+# ----------------------------------------------------------------------------------------------
 
 
 def _rnn_setup_context(ctx, inputs, output):
@@ -368,7 +429,7 @@ def _rnn_setup_context(ctx, inputs, output):
 def _rnn_grad(ctx, grad_hs, grad_h_n):
     xw, w_hh, h0, lengths, hs = ctx.saved_tensors
     dxw, dh0 = rnn_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
-    dw_hh = recurrent_weight_grad(dxw, h0, hs) if ctx.needs_input_grad[1] else None
+    dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, dh0, None, None, None
 
 
@@ -388,7 +449,7 @@ def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
     dxw, dh0, dc0, dw_hr = lstm_backward(
         grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
     )
-    dw_hh = recurrent_weight_grad(dxw, h0, hs) if ctx.needs_input_grad[1] else None
+    dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
 
 
@@ -410,8 +471,14 @@ def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
     )
     dw_hh = None
     if ctx.needs_input_grad[1]:
-        d_hidden_gates = torch.cat([dxw[..., : 2 * h0.shape[1]], d_hn], dim=2)
-        dw_hh = recurrent_weight_grad(d_hidden_gates, h0, hs)
+        # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
+        d_reset_update = dxw[..., : 2 * h0.shape[1]]
+        dw_hh = torch.cat(
+            [
+                recurrent_weight_grad(d_reset_update, h0, hs, ctx.backend),
+                recurrent_weight_grad(d_hn, h0, hs, ctx.backend),
+            ]
+        )
     db_hn = d_hn.sum(dim=(0, 1)) if ctx.needs_input_grad[2] else None
     return dxw, dw_hh, db_hn, dh0, None, None
 

@@ -1,6 +1,6 @@
-// The product of a single-step call: the step's one GEMM reads the weight where it is (ATen's
-// GEMM on a transposed view), since packing it for the register-tiled GEMM (panel_gemm_impl.h)
-// would cost a copy of the weight per call, more than the one product it would serve.
+// The product of a single-step call: the step's one GEMM reads the weight where it is (gemm.h,
+// on a transposed view), since packing it for the register-tiled GEMM (panel_gemm_impl.h) would
+// cost a copy of the weight per call, more than the one product it would serve.
 #pragma once
 
 #include <c10/core/ScalarType.h>

@@ -1,0 +1,21 @@
+// The general GEMMs of the CPU backend (those outside the packed step products of the sequence
+// kernels): the input projection of every step, the weight gradients, single-step products.
+//
+// float32 runs through oneDNN, which PyTorch carries (it runs torch.nn.LSTM's CPU path) and whose
+// GEMM is up to twice as fast as ATen's (MKL) on CPUs MKL does not tune for; it is looked up at
+// run time (at::native::mkldnn_matmul, a weak symbol), and without it, and for other dtypes,
+// ATen's GEMM runs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace fused_rnn::cpu {
+
+/// Whether float32 GEMMs run through oneDNN in this process.
+bool onednn_gemm_available();
+
+/// out [M, N] = a [M, K] @ b [K, N], or out += a @ b when `accumulate`; a and b may have any
+/// strides (transposed views are read in place), out is contiguous and of their dtype.
+void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
+
+}  // namespace fused_rnn::cpu
