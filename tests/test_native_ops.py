@@ -112,14 +112,15 @@ def test_lstm_module_compiles_with_fullgraph():
 
 
 def _linear_operands(dtype, layout: str):
-    """x [M, K] and w [N, K] at odd sizes, contiguous or as transposed views of other tensors."""
+    """x [M, K] and w [N, K] at odd sizes (large enough for oneDNN to run them in float32),
+    contiguous or as transposed views of other tensors."""
     generator = torch.Generator().manual_seed(len(layout))
-    x = torch.randn(37, 29, generator=generator, dtype=torch.float64)
-    w = torch.randn(53, 29, generator=generator, dtype=torch.float64)
+    x = torch.randn(137, 69, generator=generator, dtype=torch.float64)
+    w = torch.randn(93, 69, generator=generator, dtype=torch.float64)
     if layout == "transposed":
         x, w = x.t().contiguous().t(), w.t().contiguous().t()
     if layout == "sliced":  # row stride larger than the row, as a slice of gate columns makes
-        x, w = torch.cat([x, x], 1)[:, :29], torch.cat([w, w], 1)[:, :29]
+        x, w = torch.cat([x, x], 1)[:, :69], torch.cat([w, w], 1)[:, :69]
     return x.to(dtype), w.to(dtype)
 
 
@@ -128,16 +129,16 @@ def _linear_operands(dtype, layout: str):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_native_linear_equals_torch(dtype, layout, bias):
     x, w = _linear_operands(dtype, layout)
-    b = {"none": None, "vector": torch.randn(53, dtype=dtype), "matrix": torch.randn(37, 53, dtype=dtype)}[bias]
+    b = {"none": None, "vector": torch.randn(93, dtype=dtype), "matrix": torch.randn(137, 93, dtype=dtype)}[bias]
     got = torch.ops.fused_rnn.native_linear(x, w, b)
     want = (x.double() @ w.double().t() + (0 if b is None else b.double())).to(dtype)
-    assert got.shape == (37, 53) and got.is_contiguous()
+    assert got.shape == (137, 93) and got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5)
 
 
 def test_native_linear_leaves_its_inputs_alone():
     x, w = _linear_operands(torch.float32, "contiguous")
-    b = torch.randn(37, 53)
+    b = torch.randn(137, 93)
     copies = [t.clone() for t in (x, w, b)]
     torch.ops.fused_rnn.native_linear(x, w, b)
     assert all(torch.equal(t, c) for t, c in zip((x, w, b), copies))

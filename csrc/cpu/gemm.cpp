@@ -12,6 +12,10 @@ void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Ten
 namespace fused_rnn::cpu {
 namespace {
 
+// Below this many multiply-adds a GEMM runs through ATen: oneDNN's fixed cost per call (some
+// microseconds, and a parallel region where ATen's GEMM runs on one thread) exceeds the product.
+constexpr int64_t kMinOnednnMultiplyAdds = int64_t{1} << 18;
+
 /// `t` itself when one of its strides is 1 (oneDNN reads any row or column stride), else a copy.
 at::Tensor plain(const at::Tensor& t) {
   return t.stride(0) == 1 || t.stride(1) == 1 ? t : t.contiguous();
@@ -25,7 +29,9 @@ void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, 
   if (a.size(0) == 0 || b.size(1) == 0) {
     return;
   }
-  if (onednn_gemm_available() && a.scalar_type() == at::kFloat && a.size(1) > 0) {
+  const int64_t multiply_adds = a.size(0) * a.size(1) * b.size(1);
+  if (onednn_gemm_available() && a.scalar_type() == at::kFloat &&
+      multiply_adds >= kMinOnednnMultiplyAdds) {
     at::native::mkldnn_matmul(plain(a), plain(b), out, accumulate ? 1.0f : 0.0f, 1.0f);
     return;
   }
