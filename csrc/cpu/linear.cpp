@@ -31,8 +31,10 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) 
   TORCH_CHECK(b->sizes() == at::IntArrayRef({N}) || b->sizes() == at::IntArrayRef({M, N}), kOp,
               ": b must have shape [N] = [", N, "] or [M, N] = [", M, ", ", N, "], got ",
               b->sizes());
-  Tensor y = at::empty({M, N}, x.options());
-  y.copy_(b->expand({M, N}));
+  if (b->dim() == 1) {
+    return linear_with_bias(x, w, *b);
+  }
+  Tensor y = b->clone(at::MemoryFormat::Contiguous);
   gemm_into(x, w.t(), y, /*accumulate=*/true);
   return y;
 }

@@ -86,13 +86,8 @@ struct Lanes {
   }
 };
 
-template <typename Vec>
-Vec sigmoid(const Vec& x) {
-  const Vec one(1);
-  return one / (one + x.neg().exp());
-}
-
 #include "vec_tanh.h"
+#include "vec_activations.h"
 
 template <typename T>
 void fill_zero(T* p, int64_t n) {
@@ -161,7 +156,7 @@ void rnn_forward_step(const RnnForwardStep& s, int64_t unit_begin, int64_t unit_
     for (int64_t j = j0; j < j1; j += L::size()) {
       const int64_t n = std::min(L::size(), j1 - j);
       const Vec pre = L::load(xw + j, n) + L::load_acc(hw + j, n);
-      const Vec h_new = s.relu ? at::vec::maximum(pre, Vec(0)) : tanh_from_exp(pre);
+      const Vec h_new = s.relu ? at::vec::maximum(pre, Vec(0)) : gate_tanh(pre);
       L::store(hs + j, h_new, n);
       L::store_acc(h + j, L::round(h_new), n);
     }
@@ -250,12 +245,12 @@ void lstm_forward_step(const LstmForwardStep& s, int64_t unit_begin, int64_t uni
     acc_t* c = row<acc_t>(s.c, b, H);
     for (int64_t j = j0; j < j1; j += L::size()) {
       const int64_t n = std::min(L::size(), j1 - j);
-      const Vec i = sigmoid(L::load(xw + j, n) + L::load_acc(hw + j, n));
-      const Vec f = sigmoid(L::load(xw + H + j, n) + L::load_acc(hw + H + j, n));
-      const Vec g = tanh_from_exp(L::load(xw + 2 * H + j, n) + L::load_acc(hw + 2 * H + j, n));
-      const Vec o = sigmoid(L::load(xw + 3 * H + j, n) + L::load_acc(hw + 3 * H + j, n));
+      const Vec i = gate_sigmoid(L::load(xw + j, n) + L::load_acc(hw + j, n));
+      const Vec f = gate_sigmoid(L::load(xw + H + j, n) + L::load_acc(hw + H + j, n));
+      const Vec g = gate_tanh(L::load(xw + 2 * H + j, n) + L::load_acc(hw + 2 * H + j, n));
+      const Vec o = gate_sigmoid(L::load(xw + 3 * H + j, n) + L::load_acc(hw + 3 * H + j, n));
       const Vec c_new = f * L::load_acc(c + j, n) + i * g;
-      const Vec h_new = o * tanh_from_exp(c_new);
+      const Vec h_new = o * gate_tanh(c_new);
       if (gates) {
         L::store(gates + j, i, n);
         L::store(gates + H + j, f, n);
@@ -386,7 +381,7 @@ void lstm_backward_step(const LstmBackwardStep& s, int64_t unit_begin, int64_t u
       const Vec f = L::load(gates + H + j, n);
       const Vec g = L::load(gates + 2 * H + j, n);
       const Vec o = L::load(gates + 3 * H + j, n);
-      const Vec tanh_c = tanh_from_exp(L::load_acc(cs + j, n));
+      const Vec tanh_c = gate_tanh(L::load_acc(cs + j, n));
       const Vec grad_h = projected ? L::load_acc(d_h + j, n)
                                    : L::load_acc(dh + j, n) + L::load(grad_hs + j, n);
       const Vec d_c = L::load_acc(dc + j, n) + grad_h * o * (one - tanh_c * tanh_c);
@@ -447,11 +442,11 @@ void gru_forward_step(const GruForwardStep& s, int64_t unit_begin, int64_t unit_
     const Vec one(1);
     for (int64_t j = j0; j < j1; j += L::size()) {
       const int64_t n = std::min(L::size(), j1 - j);
-      const Vec r = sigmoid(L::load(xw + j, n) + L::load_acc(hw + j, n));
-      const Vec z = sigmoid(L::load(xw + H + j, n) + L::load_acc(hw + H + j, n));
+      const Vec r = gate_sigmoid(L::load(xw + j, n) + L::load_acc(hw + j, n));
+      const Vec z = gate_sigmoid(L::load(xw + H + j, n) + L::load_acc(hw + H + j, n));
       Vec h_n = L::load_acc(hw + 2 * H + j, n);
       if (b_hn) h_n = h_n + L::load(b_hn + j, n);
-      const Vec n_gate = tanh_from_exp(L::load(xw + 2 * H + j, n) + r * h_n);
+      const Vec n_gate = gate_tanh(L::load(xw + 2 * H + j, n) + r * h_n);
       const Vec h_new = (one - z) * n_gate + z * L::load_acc(h_prev + j, n);
       if (gates) {
         L::store(gates + j, r, n);
@@ -578,13 +573,11 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int6
   }
   const int threads = static_cast<int>(
       std::min<int64_t>({team_threads(), panels, 1 + flops / kFlopsPerExtraThread}));
+  // The pointwise pass of step t over the units of this member's panels, in one run.
   const auto pointwise = [&](const Team& team, const Stage<acc_t>& stage, int64_t t) {
-    if (t < 0 || !stage.pointwise) {
-      return;
-    }
     const auto [p0, p1] = team.share(stage.w.count());
-    for (int64_t p = p0; p < p1; ++p) {
-      stage.pointwise(t, stage.w.unit_begin(p), stage.w.unit_end(p));
+    if (t >= 0 && stage.pointwise && p0 < p1) {
+      stage.pointwise(t, stage.w.unit_begin(p0), stage.w.unit_end(p1 - 1));
     }
   };
 
@@ -618,15 +611,11 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int6
       for (const auto& stage : stages) {
         const int64_t rows = stage.rows(t);
         const auto [p0, p1] = team.share(stage.w.count());
-        for (int64_t p = p0; p < p1; ++p) {
-          if (rows > 0) {
-            panel_product(stage.w, p, rows, stage.a(t), stage.w.depth, stage.out(t),
-                          stage.columns(), stage.accumulate);
-          }
-          if (t >= 0 && stage.pointwise) {
-            stage.pointwise(t, stage.w.unit_begin(p), stage.w.unit_end(p));
-          }
+        for (int64_t p = p0; p < p1 && rows > 0; ++p) {
+          panel_product(stage.w, p, rows, stage.a(t), stage.w.depth, stage.out(t),
+                        stage.columns(), stage.accumulate);
         }
+        pointwise(team, stage, t);
         team.barrier();
       }
     }
