@@ -54,18 +54,35 @@ struct Panels {
 };
 
 /// Packs panels [p0, p1) of op(W) from `source`, whose element (k, n) of op(W) is
-/// source[n * n_stride + k * k_stride].
-template <typename acc_t, typename source_t>
-void pack_panels(const Panels<acc_t>& w, const source_t* source, int64_t n_stride,
-                 int64_t k_stride, int64_t p0, int64_t p1) {
+/// source[n * n_stride + k * k_stride]: with k_stride 1 (op(W) = W^T) by transposing blocks of
+/// kLanes x kLanes, which reads the rows of W in order (element by element, each k would read as
+/// many rows as a panel has columns, a page apart for large weights: a TLB miss per element).
+template <typename acc_t>
+void pack_panels(const Panels<acc_t>& w, const acc_t* source, int64_t n_stride, int64_t k_stride,
+                 int64_t p0, int64_t p1) {
+  constexpr int64_t L = Panels<acc_t>::kLanes;
+  const int64_t width = w.width();
   for (int64_t p = p0; p < p1; ++p) {
-    acc_t* out = w.panel(p);
-    const int64_t begin = w.unit_begin(p), end = begin + w.span();
-    for (int64_t k = 0; k < w.depth; ++k) {
-      for (int64_t g = 0; g < w.gates; ++g) {
-        const source_t* column = source + (g * w.units) * n_stride + k * k_stride;
-        for (int64_t j = begin; j < end; ++j) {
-          *out++ = j < w.units ? static_cast<acc_t>(column[j * n_stride]) : acc_t(0);
+    acc_t* panel = w.panel(p);
+    for (int64_t g = 0; g < w.gates; ++g) {
+      for (int64_t v = 0; v < w.vectors; ++v) {
+        const int64_t unit = w.unit_begin(p) + v * L;
+        const int64_t valid = std::clamp<int64_t>(w.units - unit, 0, L);
+        acc_t* column = panel + (g * w.vectors + v) * L;  // lanes of this vector at every k
+        const acc_t* first = source + (g * w.units + unit) * n_stride;  // element (0, n) of op(W)
+        for (int64_t k = 0; k < w.depth; k += (k_stride == 1 ? L : 1)) {
+          if (k_stride == 1) {
+            at::vec::transpose_mxn<acc_t>(first + k, n_stride, column + k * width, width,
+                                          static_cast<int>(valid),
+                                          static_cast<int>(std::min(L, w.depth - k)));
+          } else {
+            std::copy_n(first + k * k_stride, valid, column + k * width);
+          }
+        }
+        if (valid < L) {
+          for (int64_t k = 0; k < w.depth; ++k) {
+            std::fill(column + k * width + valid, column + k * width + L, acc_t(0));
+          }
         }
       }
     }

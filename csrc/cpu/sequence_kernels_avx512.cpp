@@ -7,6 +7,7 @@
 #include "direct_product.h"
 #include "target_region_headers.h"
 #include "team.h"
+#include "workspace.h"
 
 #include "avx512_target_begin.h"
 #include "sequence_kernels_impl.h"

@@ -30,6 +30,7 @@
 #include "direct_product.h"
 #include "sequence_kernels.h"
 #include "team.h"
+#include "workspace.h"
 
 namespace fused_rnn::cpu::CPU_CAPABILITY {
 
@@ -558,8 +559,8 @@ constexpr int64_t kFlopsPerExtraThread = 1 << 18;
 
 /// Runs `stages` at steps t = 0 .. steps - 1, or with `backward` at t = steps - 1 down to -1
 /// (the products of step -1 make the initial-state gradient; no pointwise pass runs at t < 0).
-/// With more than one step the weights are packed once, each member packing the panels it will
-/// multiply by; a single step reads them in place through direct_product.
+/// With more than one step the weights are packed once (into the thread's workspace), each member
+/// packing the panels it will multiply by; a single step reads them in place (direct_product).
 template <typename acc_t, size_t kStages>
 void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int64_t steps,
                   bool backward) {
@@ -596,10 +597,16 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int6
     return;
   }
 
-  std::vector<at::Tensor> storage;
+  // Every stage's panels in one buffer kept for the next call, each starting on a cache line.
+  constexpr int64_t kLine = 64 / sizeof(acc_t);
+  int64_t elements = 0;
+  for (const auto& stage : stages) {
+    elements += (stage.w.elements() + kLine - 1) / kLine * kLine;
+  }
+  acc_t* next = static_cast<acc_t*>(thread_workspace(elements * sizeof(acc_t)));
   for (auto& stage : stages) {
-    storage.push_back(at::empty({stage.w.elements()}, at::TensorOptions().dtype(acc)));
-    stage.w.data = storage.back().template data_ptr<acc_t>();
+    stage.w.data = next;
+    next += (stage.w.elements() + kLine - 1) / kLine * kLine;
   }
   run_team(threads, [&](const Team& team) {
     for (const auto& stage : stages) {
