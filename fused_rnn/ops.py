@@ -419,15 +419,23 @@ def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str 
 # ----------------------------------------------------------------------------------------------
 
 
+def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    """The gradient of an output, zeros when autograd passed none: the forward ops' contexts do
+    not materialize gradients, so that the saved cs and gates ([T, B, 4H]) get no zero tensor."""
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def _rnn_setup_context(ctx, inputs, output):
     xw, w_hh, h0, lengths, relu, backend = inputs
     hs, _ = output
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(xw, w_hh, h0, lengths, hs)
     ctx.relu, ctx.backend = relu, backend
 
 
 def _rnn_grad(ctx, grad_hs, grad_h_n):
     xw, w_hh, h0, lengths, hs = ctx.saved_tensors
+    grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
     dxw, dh0 = rnn_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
     dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, dh0, None, None, None
@@ -440,12 +448,14 @@ def _lstm_setup_context(ctx, inputs, output):
     xw, w_hh, w_hr, h0, c0, lengths, backend = inputs
     hs, _, _, cs, gates = output
     ctx.mark_non_differentiable(cs, gates)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
     ctx.backend = backend
 
 
 def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
     xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
+    grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
     dxw, dh0, dc0, dw_hr = lstm_backward(
         grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
     )
@@ -460,12 +470,14 @@ def _gru_setup_context(ctx, inputs, output):
     xw, w_hh, b_hn, h0, lengths, backend = inputs
     hs, _, gates = output
     ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(xw, w_hh, b_hn, h0, lengths, hs, gates)
     ctx.backend = backend
 
 
 def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
     xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
+    grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
     dxw, d_hn, dh0 = gru_backward(
         grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
     )
