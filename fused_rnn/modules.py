@@ -16,11 +16,12 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import functional
 from .backends import check_backend_name, resolve_backend
 from .functional import LayerWeights
+from .packing import padded_from_packed
 
 HiddenState = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -97,7 +98,7 @@ def _check_batch_sizes(packed: PackedSequence) -> None:
 def _padded_from_packed(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     """PackedSequence -> padded [T, B, F] in the packed (length-sorted) order, lengths [B] (CPU)."""
     _check_batch_sizes(packed)
-    return pad_packed_sequence(PackedSequence(packed.data, packed.batch_sizes))
+    return padded_from_packed(packed.data, packed.batch_sizes)
 
 
 def _torch_nn_output_dtype(mode: str, cell: bool, computed: Tensor, state: Tensor) -> torch.dtype:

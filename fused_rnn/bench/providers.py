@@ -15,9 +15,10 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from .. import backends
+from ..packing import padded_from_packed
 from . import attention
 from .base import Built, Provider, cast
 from .shapes import ATTENTION_OPS, RECURRENT_OPS, PackedShape, RecurrentShape, StepwiseShape
@@ -39,12 +40,16 @@ def _load_module(module: nn.Module, weights: Weights, dtype: torch.dtype, device
 
 
 def _packed_run(module: nn.Module, shape: PackedShape) -> Callable[[Tensor], Tensor]:
-    """x [T, B, I] packed with the point's lengths -> module's output padded to [T, B, H]."""
+    """x [T, B, I] packed with the point's lengths -> module's output padded to [T, B, H] in the
+    rows' own order. The output is padded by one scatter, the same for every provider (not
+    pad_packed_sequence, whose backward copies the whole output once per distinct length)."""
     lengths = packed_lengths(shape)
 
     def run(x: Tensor) -> Tensor:
-        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-        return pad_packed_sequence(module(packed)[0], total_length=shape.steps)[0]
+        output = module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
+        padded, _ = padded_from_packed(output.data, output.batch_sizes)
+        padded = padded.index_select(1, output.unsorted_indices.to(x.device))
+        return F.pad(padded, (0, 0, 0, 0, 0, shape.steps - padded.shape[0]))  # to T steps
 
     return run
 
