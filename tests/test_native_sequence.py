@@ -84,15 +84,30 @@ def per_step(index: int, name: str) -> bool:
     return index == 0 or index >= (3 if name == "lstm" else 2)
 
 
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+# H = 37: one thread; H = 100: the team splits the rows (a small weight); H = 520: it splits the
+# units (a weight larger than a core's cache, few rows).
+SPLITS = {"one-thread": 37, "row-split": 100, "unit-split": 520}
+
+
+@pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_rows_with_lengths_equal_each_row_run_alone(cell, dtype):
+def test_rows_with_lengths_equal_each_row_run_alone(cell, dtype, split, two_threads):
     """Sorted lengths (as packed sequences give them): the products run over the live prefix of
     rows; every output and gradient of a row equals bitwise the same row run without lengths over
-    its own steps, and every output past a row's length is zero. Lengths >= 2, because a call of
-    one step multiplies through ATen's GEMM instead of the packed panels."""
+    its own steps, and every output past a row's length is zero, however the team splits the work.
+    Lengths >= 2, because a call of one step multiplies through ATen's GEMM instead of the packed
+    panels."""
     lengths = [23, 23, 17, 16, 16, 9, 4, 2, 2]
-    x = inputs_with_lengths(cell, lengths, 37, dtype, seed=1)
+    x = inputs_with_lengths(cell, lengths, SPLITS[split], dtype, seed=1)
     x["xw"] = poison_padding(x["xw"], x["lengths"])
     name = family(cell)
     outputs, grad_inputs, grads = forward_and_backward(cell, x, grad_seed=2)
@@ -119,10 +134,11 @@ def test_rows_with_lengths_equal_each_row_run_alone(cell, dtype):
             assert torch.equal(got, want), f"backward output {index}, rows of length {length}"
 
 
+@pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_unsorted_lengths_equal_the_same_rows_sorted(cell):
+def test_unsorted_lengths_equal_the_same_rows_sorted(cell, split, two_threads):
     lengths = [3, 11, 1, 11, 6, 2, 9]
-    x = inputs_with_lengths(cell, lengths, 21, torch.float32, seed=3)
+    x = inputs_with_lengths(cell, lengths, SPLITS[split], torch.float32, seed=3)
     order = torch.argsort(x["lengths"], stable=True, descending=True)
     sorted_x = {n: t if t is None or n in ("w_hh", "w_hr", "b_hn") else t.index_select(1 if n == "xw" else 0, order) for n, t in x.items()}
     outputs, grad_inputs, grads = forward_and_backward(cell, x, grad_seed=4)

@@ -116,11 +116,17 @@ const T* at_step(const void* base, int64_t t, int64_t rows, int64_t width) {
   return static_cast<const T*>(base) + t * rows * width;
 }
 
-/// Calls span(b, j0, j1) on every row and on the vectors of units [unit_begin, unit_end).
+/// The rows and units one pointwise pass covers.
+struct Block {
+  int64_t row_begin, row_end;
+  int64_t unit_begin, unit_end;
+};
+
+/// Calls span(b, unit_begin, unit_end) on every row b of the block.
 template <typename Span>
-void over_rows(int64_t batch, int64_t unit_begin, int64_t unit_end, const Span& span) {
-  for (int64_t b = 0; b < batch; ++b) {
-    span(b, unit_begin, unit_end);
+void over_rows(const Block& block, const Span& span) {
+  for (int64_t b = block.row_begin; b < block.row_end; ++b) {
+    span(b, block.unit_begin, block.unit_end);
   }
 }
 
@@ -140,12 +146,12 @@ struct RnnForwardStep {
 };
 
 template <typename scalar_t>
-void rnn_forward_step(const RnnForwardStep& s, int64_t unit_begin, int64_t unit_end) {
+void rnn_forward_step(const RnnForwardStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* hs = row<scalar_t>(s.hs, b, H);
     if (!s.rows.live(b)) {
       fill_zero(hs + j0, j1 - j0);
@@ -178,12 +184,12 @@ struct RnnBackwardStep {
 };
 
 template <typename scalar_t>
-void rnn_backward_step(const RnnBackwardStep& s, int64_t unit_begin, int64_t unit_end) {
+void rnn_backward_step(const RnnBackwardStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* dxw = row<scalar_t>(s.dxw, b, H);
     acc_t* d_pre = s.d_pre ? row<acc_t>(s.d_pre, b, H) : nullptr;
     if (!s.rows.live(b)) {
@@ -220,13 +226,13 @@ struct LstmForwardStep {
 };
 
 template <typename scalar_t>
-void lstm_forward_step(const LstmForwardStep& s, int64_t unit_begin, int64_t unit_end) {
+void lstm_forward_step(const LstmForwardStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
   const bool projected = s.unprojected != nullptr;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* gates = s.gates ? row<scalar_t>(s.gates, b, 4 * H) : nullptr;
     acc_t* cs = s.cs ? row<acc_t>(s.cs, b, H) : nullptr;
     if (!s.rows.live(b)) {
@@ -280,11 +286,11 @@ struct StateStep {
 };
 
 template <typename scalar_t>
-void projected_state_step(const StateStep& s, int64_t unit_begin, int64_t unit_end) {
+void projected_state_step(const StateStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   const int64_t P = s.units;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* hs = row<scalar_t>(s.hs, b, P);
     if (!s.rows.live(b)) {
       fill_zero(hs + j0, j1 - j0);
@@ -312,11 +318,11 @@ struct OutputGradStep {
 };
 
 template <typename scalar_t>
-void output_grad_step(const OutputGradStep& s, int64_t unit_begin, int64_t unit_end) {
+void output_grad_step(const OutputGradStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   const int64_t P = s.units;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     acc_t* grad = row<acc_t>(s.grad, b, P);
     if (!s.rows.live(b)) {
       fill_zero(grad + j0, j1 - j0);
@@ -349,13 +355,13 @@ struct LstmBackwardStep {
 };
 
 template <typename scalar_t>
-void lstm_backward_step(const LstmBackwardStep& s, int64_t unit_begin, int64_t unit_end) {
+void lstm_backward_step(const LstmBackwardStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
   const bool projected = s.d_h != nullptr;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* dxw = row<scalar_t>(s.dxw, b, 4 * H);
     acc_t* d_pre = s.d_pre ? row<acc_t>(s.d_pre, b, 4 * H) : nullptr;
     acc_t* unprojected = s.unprojected ? row<acc_t>(s.unprojected, b, H) : nullptr;
@@ -420,13 +426,13 @@ struct GruForwardStep {
 };
 
 template <typename scalar_t>
-void gru_forward_step(const GruForwardStep& s, int64_t unit_begin, int64_t unit_end) {
+void gru_forward_step(const GruForwardStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
   const scalar_t* b_hn = static_cast<const scalar_t*>(s.b_hn);
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* gates = s.gates ? row<scalar_t>(s.gates, b, 4 * H) : nullptr;
     scalar_t* hs = row<scalar_t>(s.hs, b, H);
     if (!s.rows.live(b)) {
@@ -477,12 +483,12 @@ struct GruBackwardStep {
 };
 
 template <typename scalar_t>
-void gru_backward_step(const GruBackwardStep& s, int64_t unit_begin, int64_t unit_end) {
+void gru_backward_step(const GruBackwardStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
-  over_rows(s.rows.batch, unit_begin, unit_end, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* dxw = row<scalar_t>(s.dxw, b, 3 * H);
     scalar_t* d_hn = row<scalar_t>(s.d_hn, b, H);
     acc_t* d_hidden = row<acc_t>(s.d_hidden, b, 3 * H);
@@ -529,7 +535,7 @@ void gru_backward_step(const GruBackwardStep& s, int64_t unit_begin, int64_t uni
 // ------------------------------------------------------------------------------------------------
 
 /// One stage of a time step t: out = a @ op(W) over rows [0, rows(t)) (none when 0), then
-/// pointwise(t, unit_begin, unit_end) over the units of each panel of the product.
+/// pointwise(t, block) over the rows and units of a block of the product.
 template <typename acc_t>
 struct Stage {
   Panels<acc_t> w;     // op(W)'s layout (gates of `units` output columns, `depth` inputs)
@@ -539,7 +545,7 @@ struct Stage {
   std::function<int64_t(int64_t)> rows;
   std::function<const acc_t*(int64_t)> a;  // [rows, depth]
   std::function<acc_t*(int64_t)> out;      // [rows, gates * units]
-  std::function<void(int64_t, int64_t, int64_t)> pointwise;  // empty: no pointwise pass
+  std::function<void(int64_t, const Block&)> pointwise;  // empty: no pointwise pass
 
   int64_t columns() const { return w.gates * w.units; }
   int64_t flops(int64_t batch) const { return 2 * batch * columns() * w.depth; }
@@ -551,35 +557,66 @@ struct Stage {
       pack_panels(w, weight, /*n_stride=*/1, /*k_stride=*/columns(), p0, p1);
     }
   }
+
+  /// The product of step t over rows [row_begin, row_end) and the panels [p0, p1).
+  void multiply(int64_t t, int64_t row_begin, int64_t row_end, int64_t p0, int64_t p1) const {
+    const int64_t live_end = std::min(row_end, rows(t));
+    if (live_end <= row_begin) {
+      return;
+    }
+    const acc_t* lhs = a(t) + row_begin * w.depth;
+    acc_t* result = out(t) + row_begin * columns();
+    for (int64_t p = p0; p < p1; ++p) {
+      panel_product(w, p, live_end - row_begin, lhs, w.depth, result, columns(), accumulate);
+    }
+  }
+
+  void pass(int64_t t, const Block& block) const {
+    if (t >= 0 && pointwise && block.row_begin < block.row_end && block.unit_begin < block.unit_end) {
+      pointwise(t, block);
+    }
+  }
 };
 
 // A step whose products are smaller than this runs on one thread: splitting it would cost more
 // in the barrier than it saves (about a microsecond of single-core GEMM).
 constexpr int64_t kFlopsPerExtraThread = 1 << 18;
+// The team splits the rows instead of the units when each member's step reads the whole weight
+// from its own L2 cache (up to this size), or has this many rows to reuse each panel on.
+constexpr int64_t kRowSplitWeightBytes = int64_t{1} << 20;
+constexpr int64_t kRowSplitRowsPerMember = 16;
 
 /// Runs `stages` at steps t = 0 .. steps - 1, or with `backward` at t = steps - 1 down to -1
 /// (the products of step -1 make the initial-state gradient; no pointwise pass runs at t < 0).
-/// With more than one step the weights are packed once (into the thread's workspace), each member
-/// packing the panels it will multiply by; a single step reads them in place (direct_product).
+///
+/// With more than one step the weights are packed once (into the thread's workspace) and the team
+/// splits the work one of two ways. By units: each member multiplies by its panels and runs the
+/// pointwise pass on their units for every row, and the team meets at a barrier after each stage
+/// (the next stage reads the state every member wrote). By rows, where the weight is small or the
+/// batch large: each member runs every stage on its own blocks of rows, which depend on no other
+/// row, so the team meets only once, after packing. The blocks interleave (member m has blocks m,
+/// m + size, ...) so that rows sorted by length share the work evenly.
+/// A single step reads the weights in place (direct_product).
 template <typename acc_t, size_t kStages>
 void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int64_t steps,
                   bool backward) {
   const c10::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
   const int64_t count = backward ? steps + 1 : steps;
   const auto step_at = [&](int64_t i) { return backward ? steps - 1 - i : i; };
-  int64_t flops = 0, panels = 1;
+  int64_t flops = 0, panels = 1, weight_bytes = 0;
   for (const auto& stage : stages) {
     flops = std::max(flops, stage.flops(batch));
     panels = std::max(panels, stage.w.count());
+    weight_bytes += stage.w.elements() * static_cast<int64_t>(sizeof(acc_t));
   }
-  const int threads = static_cast<int>(
-      std::min<int64_t>({team_threads(), panels, 1 + flops / kFlopsPerExtraThread}));
-  // The pointwise pass of step t over the units of this member's panels, in one run.
-  const auto pointwise = [&](const Team& team, const Stage<acc_t>& stage, int64_t t) {
+  const int most = static_cast<int>(std::min<int64_t>(team_threads(), 1 + flops / kFlopsPerExtraThread));
+  const bool split_rows = most > 1 && batch >= 2 * most &&
+                          (weight_bytes <= kRowSplitWeightBytes || batch >= kRowSplitRowsPerMember * most);
+  const int threads = split_rows ? most : static_cast<int>(std::min<int64_t>(most, panels));
+  // By units: the units of this member's panels, for every row.
+  const auto unit_block = [&](const Team& team, const Stage<acc_t>& stage) {
     const auto [p0, p1] = team.share(stage.w.count());
-    if (t >= 0 && stage.pointwise && p0 < p1) {
-      stage.pointwise(t, stage.w.unit_begin(p0), stage.w.unit_end(p1 - 1));
-    }
+    return p0 < p1 ? Block{0, batch, stage.w.unit_begin(p0), stage.w.unit_end(p1 - 1)} : Block{0, 0, 0, 0};
   };
 
   if (steps == 1) {
@@ -591,7 +628,8 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int6
           direct_product(acc, stage.a(t), rows, stage.weight, stage.columns(), stage.w.depth,
                          stage.transposed, stage.out(t), stage.accumulate);
         }
-        run_team(threads, [&](const Team& team) { pointwise(team, stage, t); });
+        run_team(std::min<int>(threads, static_cast<int>(panels)),
+                 [&](const Team& team) { stage.pass(t, unit_block(team, stage)); });
       }
     }
     return;
@@ -608,22 +646,35 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int6
     stage.w.data = next;
     next += (stage.w.elements() + kLine - 1) / kLine * kLine;
   }
+  const int64_t block_rows = (batch + 2 * threads - 1) / (2 * threads);
+  const int64_t blocks = (batch + block_rows - 1) / block_rows;
   run_team(threads, [&](const Team& team) {
     for (const auto& stage : stages) {
       const auto [p0, p1] = team.share(stage.w.count());
       stage.pack(p0, p1);
     }
+    team.barrier();
     for (int64_t i = 0; i < count; ++i) {
       const int64_t t = step_at(i);
       for (const auto& stage : stages) {
-        const int64_t rows = stage.rows(t);
-        const auto [p0, p1] = team.share(stage.w.count());
-        for (int64_t p = p0; p < p1 && rows > 0; ++p) {
-          panel_product(stage.w, p, rows, stage.a(t), stage.w.depth, stage.out(t),
-                        stage.columns(), stage.accumulate);
+        if (split_rows) {
+          // Each panel once per step, for all of this member's blocks.
+          for (int64_t p = 0; p < stage.w.count(); ++p) {
+            for (int64_t block = team.id; block < blocks; block += team.size) {
+              const int64_t r0 = block * block_rows;
+              stage.multiply(t, r0, std::min(batch, r0 + block_rows), p, p + 1);
+            }
+          }
+          for (int64_t block = team.id; block < blocks; block += team.size) {
+            const int64_t r0 = block * block_rows;
+            stage.pass(t, Block{r0, std::min(batch, r0 + block_rows), 0, stage.w.units});
+          }
+        } else {
+          const auto [p0, p1] = team.share(stage.w.count());
+          stage.multiply(t, 0, batch, p0, p1);
+          stage.pass(t, unit_block(team, stage));
+          team.barrier();
         }
-        pointwise(team, stage, t);
-        team.barrier();
       }
     }
   });
@@ -658,11 +709,10 @@ void rnn_forward(const RnnForwardSequence& s) {
       [&](int64_t t) { return s.rows.live(t); },
       [&](int64_t t) { return state.of_step(t - 1); },
       [&](int64_t) { return hw.get(0); },
-      [&](int64_t t, int64_t j0, int64_t j1) {
+      [&](int64_t t, const Block& block) {
         rnn_forward_step<scalar_t>({s.rows.at(t), H, s.relu, at_step<scalar_t>(s.xw, t, B, H),
                                     hw.get(0), at_step<scalar_t>(s.hs, t, B, H),
-                                    state.of_step(t)},
-                                   j0, j1);
+                                    state.of_step(t)}, block);
       },
   }}};
   run_sequence(stages, B, T, /*backward=*/false);
@@ -685,12 +735,11 @@ void rnn_backward(const RnnBackwardSequence& s) {
       [&](int64_t t) { return s.rows.live(t + 1); },
       [&](int64_t t) { return d_pre_of(t + 1); },
       [&](int64_t) { return dh; },
-      [&](int64_t t, int64_t j0, int64_t j1) {
+      [&](int64_t t, const Block& block) {
         rnn_backward_step<scalar_t>(
             {s.rows.at(t), H, s.relu, at_step<scalar_t>(s.grad_hs, t, B, H),
              at_step<scalar_t>(s.hs, t, B, H), dh, s.dh_final, at_step<scalar_t>(s.dxw, t, B, H),
-             kReduced ? d_pre_of(t) : nullptr},
-            j0, j1);
+             kReduced ? d_pre_of(t) : nullptr}, block);
       },
   }}};
   run_sequence(stages, B, T, /*backward=*/true);
@@ -713,14 +762,13 @@ void lstm_forward(const LstmForwardSequence& s) {
       Panels<acc_t>::layout(4, H, P), static_cast<const acc_t*>(s.w_hh), true, false, live,
       [&](int64_t t) { return state_of(t - 1); },
       [&](int64_t) { return hw.get(0); },
-      [&](int64_t t, int64_t j0, int64_t j1) {
+      [&](int64_t t, const Block& block) {
         lstm_forward_step<scalar_t>(
             {s.rows.at(t), H, at_step<scalar_t>(s.xw, t, B, 4 * H), hw.get(0),
              save ? at_step<scalar_t>(s.gates, t, B, 4 * H) : nullptr,
              save ? at_step<acc_t>(s.cs, t, B, H) : nullptr, s.c,
              projected ? nullptr : at_step<scalar_t>(s.hs, t, B, H),
-             projected ? nullptr : state_of(t), projected ? unprojected.get(0) : nullptr},
-            j0, j1);
+             projected ? nullptr : state_of(t), projected ? unprojected.get(0) : nullptr}, block);
       },
   };
   if (!projected) {
@@ -732,10 +780,9 @@ void lstm_forward(const LstmForwardSequence& s) {
       Panels<acc_t>::layout(1, P, H), static_cast<const acc_t*>(s.w_hr), true, false, live,
       [&](int64_t) { return unprojected.get(0); },
       [&](int64_t) { return h_projected.get(0); },
-      [&](int64_t t, int64_t j0, int64_t j1) {
+      [&](int64_t t, const Block& block) {
         projected_state_step<scalar_t>(
-            {s.rows.at(t), P, h_projected.get(0), at_step<scalar_t>(s.hs, t, B, P), state.get(0)},
-            j0, j1);
+            {s.rows.at(t), P, h_projected.get(0), at_step<scalar_t>(s.hs, t, B, P), state.get(0)}, block);
       },
   };
   std::array<Stage<acc_t>, 2> stages{{gates_stage, projection_stage}};
@@ -754,7 +801,7 @@ void lstm_backward(const LstmBackwardSequence& s) {
     return kReduced ? d_pre.of_step(t) : at_step<acc_t>(s.dxw, t, B, 4 * H);
   };
   acc_t* dh = static_cast<acc_t*>(s.dh0);  // d_pre[t+1] @ W_hh, at the end d_pre[0] @ W_hh
-  const auto gate_grads = [&](int64_t t, int64_t j0, int64_t j1) {
+  const auto gate_grads = [&](int64_t t, const Block& block) {
     lstm_backward_step<scalar_t>(
         {s.rows.at(t), H, at_step<scalar_t>(s.gates, t, B, 4 * H), at_step<acc_t>(s.cs, t, B, H),
          t > 0 ? at_step<acc_t>(s.cs, t - 1, B, H) : static_cast<const acc_t*>(s.c0),
@@ -762,23 +809,21 @@ void lstm_backward(const LstmBackwardSequence& s) {
          projected ? nullptr : dh, projected ? nullptr : s.dh_final,
          projected ? d_h.get(0) : nullptr, s.dc, at_step<scalar_t>(s.dxw, t, B, 4 * H),
          kReduced ? d_pre_of(t) : nullptr,
-         projected ? at_step<acc_t>(s.unprojected, t, B, H) : nullptr},
-        j0, j1);
+         projected ? at_step<acc_t>(s.unprojected, t, B, H) : nullptr}, block);
   };
   Stage<acc_t> carried_stage{
       Panels<acc_t>::layout(1, P, 4 * H), static_cast<const acc_t*>(s.w_hh), false, false,
       [&](int64_t t) { return s.rows.live(t + 1); },
       [&](int64_t t) { return d_pre_of(t + 1); },
       [&](int64_t) { return dh; },
-      projected ? std::function<void(int64_t, int64_t, int64_t)>(
-                      [&](int64_t t, int64_t j0, int64_t j1) {
+      projected ? std::function<void(int64_t, const Block&)>(
+                      [&](int64_t t, const Block& block) {
                         output_grad_step<scalar_t>({s.rows.at(t), P,
                                                     at_step<scalar_t>(s.grad_hs, t, B, P), dh,
                                                     s.dh_final,
-                                                    at_step<acc_t>(s.grad_out, t, B, P)},
-                                                   j0, j1);
+                                                    at_step<acc_t>(s.grad_out, t, B, P)}, block);
                       })
-                : std::function<void(int64_t, int64_t, int64_t)>(gate_grads),
+                : std::function<void(int64_t, const Block&)>(gate_grads),
   };
   if (!projected) {
     std::array<Stage<acc_t>, 1> stages{{carried_stage}};
@@ -807,12 +852,11 @@ void gru_forward(const GruForwardSequence& s) {
       [&](int64_t t) { return s.rows.live(t); },
       [&](int64_t t) { return state.of_step(t - 1); },
       [&](int64_t) { return hw.get(0); },
-      [&](int64_t t, int64_t j0, int64_t j1) {
+      [&](int64_t t, const Block& block) {
         gru_forward_step<scalar_t>(
             {s.rows.at(t), H, at_step<scalar_t>(s.xw, t, B, 3 * H), hw.get(0), s.b_hn,
              state.of_step(t - 1), s.gates ? at_step<scalar_t>(s.gates, t, B, 4 * H) : nullptr,
-             at_step<scalar_t>(s.hs, t, B, H), state.of_step(t)},
-            j0, j1);
+             at_step<scalar_t>(s.hs, t, B, H), state.of_step(t)}, block);
       },
   }}};
   run_sequence(stages, B, T, /*backward=*/false);
@@ -832,14 +876,13 @@ void gru_backward(const GruBackwardSequence& s) {
       [&](int64_t t) { return s.rows.live(t + 1); },
       [&](int64_t t) { return d_hidden.of_step(t + 1); },
       [&](int64_t) { return dh; },
-      [&](int64_t t, int64_t j0, int64_t j1) {
+      [&](int64_t t, const Block& block) {
         gru_backward_step<scalar_t>(
             {s.rows.at(t), H, at_step<scalar_t>(s.grad_hs, t, B, H),
              at_step<scalar_t>(s.gates, t, B, 4 * H),
              t > 0 ? at_step<scalar_t>(s.hs, t - 1, B, H) : static_cast<const scalar_t*>(s.h0),
              s.dh_final, dh, at_step<scalar_t>(s.dxw, t, B, 3 * H),
-             at_step<scalar_t>(s.d_hn, t, B, H), d_hidden.of_step(t)},
-            j0, j1);
+             at_step<scalar_t>(s.d_hn, t, B, H), d_hidden.of_step(t)}, block);
       },
   }}};
   run_sequence(stages, B, T, /*backward=*/true);
