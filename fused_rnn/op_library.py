@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 _libraries: dict[str, torch.library.Library] = {}
+_implementations: dict[str, Callable] = {}
 
 
 def _library(namespace: str) -> torch.library.Library:
@@ -55,6 +56,17 @@ def define_op(qualname: str) -> Callable[[Callable], torch._ops.OpOverload]:
         schema = torch.library.infer_schema(function, mutates_args=())
         library.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
         library.impl(name, _outside_dynamo(function), "CompositeExplicitAutograd")
+        _implementations[qualname] = function
         return getattr(getattr(torch.ops, namespace), name).default
 
     return define
+
+
+def call_unrecorded(op: torch._ops.OpOverload, *args):
+    """op(*args); while autograd records nothing (grad mode off, as in a backward pass that builds
+    no graph) the op's Python implementation called directly, which skips the dispatcher's
+    autograd wrapper of a Python op (tens of microseconds a call: most of a small layer's
+    backward)."""
+    if torch.is_grad_enabled():
+        return op(*args)
+    return _implementations[op._name](*args)

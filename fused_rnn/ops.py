@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import reference
 from .backends import constant_when_traced, get_backend
-from .op_library import define_op
+from .op_library import call_unrecorded, define_op
 
 # ----------------------------------------------------------------------------------------------
 # Validation shared by the real and the fake implementations.
@@ -374,8 +374,8 @@ def _linear_setup_context(ctx, inputs, output):
 
 def _linear_grad(ctx, grad):
     x, w = ctx.saved_tensors
-    dx = linear(grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
-    dw = linear(grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
+    dx = call_unrecorded(linear, grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
+    dw = call_unrecorded(linear, grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
     db = None
     if ctx.needs_input_grad[2]:
         db = grad.sum(0) if ctx.bias_is_vector else grad
@@ -406,12 +406,12 @@ def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str 
     nor of d_gates (a slice of the last dimension of a contiguous tensor is a view). A single step
     (a decoder called once per step) runs the first only.
     """
-    first = linear(d_gates[0].t(), h0.t(), None, backend)
+    first = call_unrecorded(linear, d_gates[0].t(), h0.t(), None, backend)
     if d_gates.shape[0] == 1:
         return first
     rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
     rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
-    return linear(rest_gates.t(), rest_hidden.t(), first, backend)
+    return call_unrecorded(linear, rest_gates.t(), rest_hidden.t(), first, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def _rnn_setup_context(ctx, inputs, output):
 def _rnn_grad(ctx, grad_hs, grad_h_n):
     xw, w_hh, h0, lengths, hs = ctx.saved_tensors
     grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-    dxw, dh0 = rnn_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
+    dxw, dh0 = call_unrecorded(rnn_backward, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
     dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, dh0, None, None, None
 
@@ -456,8 +456,8 @@ def _lstm_setup_context(ctx, inputs, output):
 def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
     xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
     grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
-    dxw, dh0, dc0, dw_hr = lstm_backward(
-        grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
+    dxw, dh0, dc0, dw_hr = call_unrecorded(
+        lstm_backward, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
     )
     dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
@@ -478,8 +478,8 @@ def _gru_setup_context(ctx, inputs, output):
 def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
     xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
     grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-    dxw, d_hn, dh0 = gru_backward(
-        grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
+    dxw, d_hn, dh0 = call_unrecorded(
+        gru_backward, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
     )
     dw_hh = None
     if ctx.needs_input_grad[1]:
