@@ -63,10 +63,15 @@ def define_op(qualname: str) -> Callable[[Callable], torch._ops.OpOverload]:
 
 
 def call_unrecorded(op: torch._ops.OpOverload, *args):
-    """op(*args); while autograd records nothing (grad mode off, as in a backward pass that builds
-    no graph) the op's Python implementation called directly, which skips the dispatcher's
-    autograd wrapper of a Python op (tens of microseconds a call: most of a small layer's
-    backward)."""
-    if torch.is_grad_enabled():
+    """op(*args); while nothing records (grad mode off, as in a backward pass that builds no
+    graph, and no tracing or functorch transform) the op's Python implementation called
+    directly, which skips the dispatcher's autograd wrapper of a Python op (tens of microseconds
+    a call: most of a small layer's backward). Traced calls keep the op, whose fake function runs
+    on fake tensors."""
+    if (
+        torch.is_grad_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
+    ):
         return op(*args)
     return _implementations[op._name](*args)
