@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --no-build-isolation --no-deps
 
-.PHONY: install test bench
+.PHONY: install test bench gpu-check
 
 # A failed build of the native extension only warns at install time (the package works without
 # it), so the commands check it afterwards: without this, its tests would silently skip.
@@ -19,3 +19,9 @@ test: install
 
 bench: install
 	$(PYTHON) -m fused_rnn.cli bench --quick
+
+# Everything owed on a GPU in one command (README, "GPU check"). It installs nothing and needs no
+# network: it builds fused_rnn._C in place with what the machine has. Results in $GPU_CHECK_OUT
+# (default ./gpu-check-results); without a CUDA device it records that and exits 0.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py

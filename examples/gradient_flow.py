@@ -8,9 +8,15 @@ The task needs long memory: a sequence of `--delay + 1` one-hot tokens whose fir
 first token back. With fused_rnn's gradient-path profiler the example measures, for each layer,
 ‖∂L/∂x[t]‖ (over batch and features) against the distance from the loss, on a fresh layer and
 again after a short training, and, for the LSTM, the cell-state gradient ‖∂L/∂c[t]‖ and the mean
-forget-gate activation per step for forget-gate biases 0, 1 and 3. It prints every number it
-plots, writes them all (and the GRU's mean update gate) to gradient_flow.json and draws
-gradient_flow.png under --out.
+forget-gate activation per step: with torch.nn's initialisation ("lstm", every bias uniform in
+±1/√H, so the forget gate starts near 0.5) and with the forget-gate bias set to 1 and to 3.
+
+What it shows: the LSTM's cell state hands the gradient back one step multiplied by the forget
+gate, so an LSTM whose forget gate starts open (bias 3: about 0.95) carries the gradient of the
+late loss back to the first input, and learns the recall, while one initialised as torch.nn does
+(forget gate about 0.5, the cell path shrinking as 0.5 per step) does not. It prints every number it
+plots, then that explanation with the numbers measured, writes them all (and the GRU's mean update
+gate) to gradient_flow.json and draws gradient_flow.png under --out.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 import time
 from pathlib import Path
 
@@ -28,7 +35,7 @@ import fused_rnn
 from fused_rnn.profiling import gradient_paths
 
 LAYERS = {"rnn": fused_rnn.RNN, "lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
-FORGET_BIASES = (0.0, 1.0, 3.0)
+FORGET_BIASES = (1.0, 3.0)
 DEFAULT_OUT = Path(__file__).resolve().parent / "output"
 
 
@@ -128,6 +135,32 @@ def by_distance(per_step: list[float]) -> list[float]:
     return per_step[::-1]
 
 
+def explanation(results: dict, delay: int) -> str:
+    """Why the LSTM learns the recall only with its forget gate open, with the numbers measured."""
+    lstms = {name: r for name, r in results.items() if r["kind"] == "lstm"}
+    gate = {name: sum(r["before"]["forget_gate_mean"]) / len(r["before"]["forget_gate_mean"]) for name, r in lstms.items()}
+    cell = {name: r["before"]["grad_norm_c"][0] / r["before"]["grad_norm_c"][-1] for name, r in lstms.items()}
+    opened = max(lstms, key=lambda name: gate[name])
+
+    def gates(name: str) -> str:
+        return f"{gate[name]:.2f} ({gate[name]:.2f}^{delay} = {gate[name] ** delay:.1e})"
+
+    by_bias = ", ".join(f"bias {r['forget_bias']:g} {gates(name)}" for name, r in lstms.items() if name != "lstm")
+    return "\n".join(textwrap.wrap(
+        "Why: the LSTM's cell state c[t] = f[t] * c[t-1] + i[t] * g[t] hands the gradient back one step "
+        "multiplied by the forget gate f[t], so across the delay it keeps about the product of the gates. "
+        f"torch.nn initialises every bias uniformly in ±1/√H, so a fresh LSTM's forget gate is about "
+        f"sigmoid(0) = 0.5: measured {gates('lstm')}; with the forget-gate bias set, {by_bias}. "
+        f"On the fresh layers ‖∂L/∂c‖ at the first step against the last is {cell['lstm']:.1e} for torch.nn's "
+        f"initialisation and {cell[opened]:.1e} with the gate open (bias {lstms[opened]['forget_bias']:g}), "
+        f"and the LSTM learns the recall only then: accuracy {lstms['lstm']['accuracy']:.3f} against "
+        f"{lstms[opened]['accuracy']:.3f}. Initialising the forget gate open (a bias of 1 or more: Gers et al. 2000; "
+        "Jozefowicz et al. 2015) is the classic remedy. The vanilla RNN and the GRU start with the gradient "
+        f"faded as much (‖∂L/∂x[0]‖ / ‖∂L/∂x[T-1]‖ above) and learn this {delay}-step recall by training "
+        "their weights; an LSTM with an open forget gate starts with a path that does not fade.",
+        width=100))
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -136,20 +169,22 @@ def plot(results: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for name in ("rnn", "lstm", "gru"):
+    widest_open = max((n for n, r in results.items() if r["forget_bias"] is not None),
+                      key=lambda n: results[n]["forget_bias"], default=None)
+    for name in [n for n in ("rnn", "gru", "lstm", widest_open) if n in results]:
         for phase, style in (("before", "--"), ("after", "-")):
             axes[0].semilogy(by_distance(results[name][phase]["grad_norm_x"]), style, color=colours[name],
                              label=f"{name} {phase} training")
     axes[0].set_title("‖∂L/∂x[t]‖: how much of the late loss reaches each input")
     for name, result in results.items():
-        if result["forget_bias"] is None:
+        if result["kind"] != "lstm":
             continue
         for phase, style in (("before", "--"), ("after", "-")):
             axes[1].semilogy(by_distance(result[phase]["grad_norm_c"]), style, color=colours[name],
                              label=f"{name} {phase}")
             axes[2].plot(by_distance(result[phase]["forget_gate_mean"]), style, color=colours[name],
                          label=f"{name} {phase}")
-    axes[1].set_title("LSTM cell-state path ‖∂L/∂c[t]‖ by forget-gate bias")
+    axes[1].set_title("LSTM cell-state path ‖∂L/∂c[t]‖ (lstm: torch.nn's init)")
     axes[2].set_title("LSTM mean forget-gate activation")
     axes[2].set_ylim(0, 1)
     for axis in axes:
@@ -184,6 +219,11 @@ def main(argv=None) -> None:
     ratios = {name: r["before"]["grad_norm_x"][0] / r["before"]["grad_norm_x"][-1] for name, r in results.items()}
     print("‖∂L/∂x[0]‖ / ‖∂L/∂x[T-1]‖ on fresh layers: "
           + ", ".join(f"{name} {ratio:.1e}" for name, ratio in ratios.items()))
+    print(f"recall accuracy after {args.steps} training steps (chance {1 / args.symbols:.3f}): "
+          + ", ".join(f"{name} {r['accuracy']:.3f}" for name, r in results.items()))
+    print()
+    print(explanation(results, args.delay))
+    print()
     (args.out / "gradient_flow.json").write_text(json.dumps(results, indent=1))
     print(f"data: {args.out / 'gradient_flow.json'}")
     path = args.out / "gradient_flow.png"

@@ -10,9 +10,9 @@ projections are GEMMs done through autograd by `fused_rnn.attention`):
     fused_rnn::*_attention_backward       the input gradients (see `fused_rnn.reference`)
 
 `backend` names the implementation: "reference" (fused_rnn.reference), "triton"
-(fused_rnn.kernels.attention), "native" (fused_rnn.native, once it implements attention), or
-"auto" (the first of those that can run on the inputs' device). Backends receive contiguous,
-validated inputs. The forward's backward calls the backward op of the same backend, which recomputes
+(fused_rnn.kernels.attention), "native" (fused_rnn.native: C++ on CPU tensors, CUDA on CUDA
+tensors), or "auto" (the first of those that can run on the inputs' device). Backends receive
+contiguous, validated inputs. The forward's backward calls the backward op of the same backend, which recomputes
 the weights from the saved log-sum-exp; the backward ops are differentiable too (double backward),
 through the float64-capable reference.
 """
@@ -28,8 +28,8 @@ from torch import Tensor
 
 from . import reference
 from .backends import (
+    AUTO_ORDER,
     BACKEND_NAMES,
-    available_backends,
     check_backend_name,
     constant_when_traced,
     get_backend,
@@ -63,19 +63,41 @@ def _attention_module(name: str) -> Optional[ModuleType]:
     return module if all(hasattr(module, f) for f in ATTENTION_FUNCTIONS) else None
 
 
+def attention_unavailable_reason(name: str, device: Union[torch.device, str]) -> Optional[str]:
+    """None when backend `name` can run attention on `device` now, else why not: the registry's
+    reason, unless the backend judges its attention kernels apart (the native backend registers
+    its CUDA attention kernels apart from its recurrence kernels)."""
+    reason = unavailable_reason(name, device)
+    if reason is None:
+        return None
+    try:
+        judge = getattr(get_backend(name), "attention_unavailable_reason", None)
+    except RuntimeError:
+        return reason
+    return reason if judge is None else judge(torch.device(device))
+
+
+def _can_run_attention(name: str, device: torch.device) -> bool:
+    return attention_unavailable_reason(name, device) is None and _attention_module(name) is not None
+
+
 @constant_when_traced  # traced as its value: it imports and reads the environment
 def resolve_attention_backend(name: str, device: Union[torch.device, str]) -> str:
     """The concrete backend that runs attention for `name` on `device`. "auto" takes the first
-    available backend that implements attention; a named backend that cannot run raises the
-    registry's RuntimeError (why, and how to get it), one without attention says so."""
+    backend of the registry's order for the device that can run attention; a named backend that
+    cannot run raises the registry's RuntimeError (why, and how to get it), one without attention
+    says so."""
     check_backend_name(name)
     device = torch.device(device)
     if name == "auto":
-        for candidate in available_backends(device):
-            if _attention_module(candidate) is not None:
+        for candidate in AUTO_ORDER.get(device.type, ("reference",)):
+            if _can_run_attention(candidate, device):
                 return candidate
         return "reference"
-    resolve_backend(name, device)
+    reason = attention_unavailable_reason(name, device)
+    if reason is not None:
+        resolve_backend(name, device)  # raises the registry's error: why, and how to get it
+        raise RuntimeError(f"fused_rnn backend {name!r} cannot run attention on {device.type}: {reason}")
     if _attention_module(name) is None:
         raise RuntimeError(
             f"fused_rnn backend {name!r} does not implement attention yet; "
@@ -87,10 +109,8 @@ def resolve_attention_backend(name: str, device: Union[torch.device, str]) -> st
 def attention_backends(device: Union[torch.device, str] = "cpu") -> list[str]:
     """The backends that can run attention on `device` now (Triton on a CPU under
     TRITON_INTERPRET=1 included, though "auto" never picks it there)."""
-    return [
-        name for name in BACKEND_NAMES
-        if unavailable_reason(name, device) is None and _attention_module(name) is not None
-    ]
+    device = torch.device(device)
+    return [name for name in BACKEND_NAMES if _can_run_attention(name, device)]
 
 
 def _implementation(backend: str, device: torch.device) -> ModuleType:
@@ -322,13 +342,18 @@ def _save_forward(ctx, inputs: tuple, output: tuple, need_weights: bool, backend
     ctx.need_weights, ctx.backend = need_weights, backend
 
 
-def _output_gradients(
-    ctx, context: Tensor, grad_context: Optional[Tensor], grad_weights: Optional[Tensor]
-) -> tuple[Tensor, Optional[Tensor]]:
-    """(grad_context, grad_weights or None when the weights got no gradient); grads are not
-    materialised, so an unused context arrives as None."""
+def _backward_inputs(
+    ctx, context: Tensor, weights: Optional[Tensor], grad_context: Optional[Tensor],
+    grad_weights: Optional[Tensor],
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(grad_context, grad_weights, weights) for the backward op. Grads are not materialised, so an
+    unused output arrives as None: an unused context then gets a zero gradient, and the weights go
+    to the backward op only together with a gradient of theirs (the backward ops take grad_weights
+    and weights both or neither: weights requested for display but unused by the loss add nothing)."""
     grad_context = torch.zeros_like(context) if grad_context is None else grad_context
-    return grad_context, grad_weights if ctx.need_weights else None
+    if grad_weights is None or not ctx.need_weights:
+        return grad_context, None, None
+    return grad_context, grad_weights, weights
 
 
 def _additive_setup_context(ctx, inputs, output):
@@ -338,7 +363,7 @@ def _additive_setup_context(ctx, inputs, output):
 
 def _additive_grad(ctx, grad_context, _grad_lse, grad_weights):
     pq, pk, v, values, key_lengths, context, lse, weights = ctx.saved_tensors
-    grad_context, grad_weights = _output_gradients(ctx, context, grad_context, grad_weights)
+    grad_context, grad_weights, weights = _backward_inputs(ctx, context, weights, grad_context, grad_weights)
     d_pq, d_pk, d_v, d_values = additive_attention_backward(
         grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights, ctx.backend
     )
@@ -356,7 +381,7 @@ def _dot_setup_context(ctx, inputs, output):
 
 def _dot_grad(ctx, grad_context, _grad_lse, grad_weights):
     query, keys, values, key_lengths, context, lse, weights = ctx.saved_tensors
-    grad_context, grad_weights = _output_gradients(ctx, context, grad_context, grad_weights)
+    grad_context, grad_weights, weights = _backward_inputs(ctx, context, weights, grad_context, grad_weights)
     d_query, d_keys, d_values = dot_attention_backward(
         grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights,
         ctx.scale, ctx.backend,

@@ -9,6 +9,7 @@ breaks `import fused_rnn`, and so that `TRITON_INTERPRET` is read when kernels a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 from typing import Optional, Union
 
@@ -22,9 +23,10 @@ BACKEND_MODULES = {
 BACKEND_NAMES = tuple(BACKEND_MODULES)
 AUTO_ORDER = {"cuda": ("native", "triton", "reference"), "cpu": ("native", "reference")}
 
+# How to get a backend whose module could not be imported at all; a backend module's own reasons
+# (unavailable_reason) say what is missing and how to get it themselves.
 _HOW_TO_GET = {
-    "triton": "install Triton (`pip install triton`); on a CPU set TRITON_INTERPRET=1 before "
-    "importing fused_rnn to run its kernels in the interpreter",
+    "triton": "install Triton (`pip install triton`)",
     "native": "build the extension (`pip install --no-build-isolation -e .` with a C++ compiler, "
     "and nvcc for CUDA)",
 }
@@ -51,10 +53,24 @@ def _load(name: str) -> Optional[ModuleType]:
     return _modules.get(name)
 
 
+def device_unavailable_reason(device: Union[torch.device, str]) -> Optional[str]:
+    """None when torch can run on `device` at all, else a sentence saying why not (no backend can
+    run on a device that does not exist)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"this torch ({torch.__version__}) is built without CUDA, so it has no CUDA device"
+        return "torch sees no CUDA device (torch.cuda.is_available() is False)"
+    return None
+
+
 def unavailable_reason(name: str, device: Union[torch.device, str]) -> Optional[str]:
     """None when backend `name` can run on `device` now, else a sentence saying why not."""
     check_backend_name(name)
     device = torch.device(device)
+    no_device = device_unavailable_reason(device)
+    if no_device is not None:
+        return no_device
     module = _load(name)
     if module is None:
         return _import_errors[name]
@@ -90,19 +106,29 @@ def resolve_backend(name: str, device: Union[torch.device, str]) -> str:
     check_backend_name(name)
     device = torch.device(device)
     if name == "auto":
-        return next(choice for choice in _auto_order(device) if unavailable_reason(choice, device) is None)
+        for choice in _auto_order(device):
+            if unavailable_reason(choice, device) is None:
+                return choice
+        reason = device_unavailable_reason(device) or unavailable_reason("reference", device)
+        raise RuntimeError(f"no fused_rnn backend can run on {device.type}: {reason}")
     reason = unavailable_reason(name, device)
     if reason is not None:
-        how = _HOW_TO_GET.get(name, "")
-        raise RuntimeError(
-            f"fused_rnn backend {name!r} cannot run on {device.type}: {reason}"
-            + (f"; to get it, {how}" if how else "")
-        )
+        how = f"; to get it, {_HOW_TO_GET[name]}" if name in _import_errors or _missing_package(name) else ""
+        raise RuntimeError(f"fused_rnn backend {name!r} cannot run on {device.type}: {reason}{how}")
     return name
 
 
-def get_backend(name: str) -> ModuleType:
-    """The module implementing backend `name` (already resolved, so it imports)."""
+def _missing_package(name: str) -> bool:
+    """Whether the third-party package a backend needs is not installed (Triton for "triton")."""
+    return name == "triton" and importlib.util.find_spec("triton") is None
+
+
+def get_backend(name: str, device: Optional[Union[torch.device, str]] = None) -> ModuleType:
+    """The module implementing backend `name`. With a device, `name` may be "auto", and a backend
+    that cannot run there raises resolve_backend's error; without, `name` must be resolved
+    already."""
+    if device is not None:
+        name = resolve_backend(name, device)
     module = _load(check_backend_name(name))
     if module is None:
         raise RuntimeError(f"fused_rnn backend {name!r}: {_import_errors[name]}")

@@ -1,7 +1,7 @@
 """The `fused-rnn` command.
 
     fused-rnn check      [--device cpu|cuda]
-    fused-rnn bench      [--quick] [--op lstm,gru,...] [--device cpu|cuda] [--csv PATH] [--plot DIR]
+    fused-rnn bench      [--quick] [--op lstm,gru,...] [--device cpu|cuda] [--csv PATH] [--plot DIR] [--save]
                          [--sweep NAMES] [--shape SHAPE ...] [--provider NAMES] [--dtype NAMES] [--mode NAMES]
     fused-rnn profile    --op lstm --shape B16-T256-I256-H256 [--backend auto] [--device cpu|cuda]
                          [--dtype float32] [--iterations 1] [--trace out.json]
@@ -38,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="the quick sweep of each device")
     bench.add_argument("--op", type=_names, help="comma-separated ops (default: every op of the sweep)")
     bench.add_argument("--device", choices=DEVICES, help="only this device (default: every device here)")
-    bench.add_argument("--csv", help="results CSV (default: benchmarks/results/<device>.csv)")
+    bench.add_argument("--csv", help="results CSV (default: <device>.csv in a new folder of this run, "
+                       "benchmarks/runs/<time>/ in a source checkout, else ./fused_rnn_results/runs/<time>/)")
     bench.add_argument("--plot", help="folder for the plots (default: plots/ beside the CSV)")
+    bench.add_argument("--save", action="store_true",
+                       help="update the committed results (benchmarks/results/<device>.csv and its plots) instead")
     bench.add_argument("--sweep", type=_names, help="comma-separated named sweeps instead of the default")
     bench.add_argument("--shape", action="append", help="a shape such as B16-T1024-I768-H768 (repeatable)")
     bench.add_argument("--provider", type=_names, help="comma-separated providers (default: all, or the quick set)")
@@ -69,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(device: Optional[str]) -> None:
+    """A device torch cannot use is a bad argument (before any work, in one line)."""
+    from .backends import device_unavailable_reason
+
+    reason = None if device is None else device_unavailable_reason(device)
+    if reason is not None:
+        raise ValueError(f"--device {device}: {reason}")
+
+
 def _backend(name: str, device: str) -> str:
     """The backend that runs for `name` on `device`; a backend that cannot run is a bad argument."""
     from .backends import resolve_backend
@@ -82,16 +94,18 @@ def _backend(name: str, device: str) -> str:
 def _check(args) -> int:
     from .check import main as check_main
 
+    _check_device(args.device)
     return check_main([args.device] if args.device else None)
 
 
 def _bench(args) -> int:
     from .bench.command import run_bench
 
+    _check_device(args.device)
     return run_bench(
         quick=args.quick, ops=args.op, devices=[args.device] if args.device else None, csv_path=args.csv,
         plot_dir=args.plot, sweeps=args.sweep, shapes=args.shape, providers=args.provider,
-        dtypes=args.dtype, modes=args.mode,
+        dtypes=args.dtype, modes=args.mode, save=args.save,
     )
 
 
@@ -100,6 +114,7 @@ def _profile(args) -> int:
     from .bench.kernel_profile import format_groups, profile_layer
     from .bench.shapes import RecurrentShape, parse_shape
 
+    _check_device(args.device)
     shape = parse_shape(args.shape)
     if not isinstance(shape, RecurrentShape):
         raise ValueError(f"--shape must be a recurrence shape such as B16-T256-I256-H256, got {args.shape!r}")
@@ -124,6 +139,7 @@ def _grad_paths(args) -> int:
     import fused_rnn
     from .profiling import gradient_paths, plot_gradient_paths
 
+    _check_device(args.device)
     classes = {"rnn": fused_rnn.RNN, "lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
     unknown = [cell for cell in args.cells if cell not in classes]
     if unknown:

@@ -31,6 +31,9 @@ OP_NAMES = (
     "native_lstm_inference",
     "native_gru_inference",
 )
+ATTENTION_OP_NAMES = tuple(
+    f"native_{score}_attention_{direction}" for score in ("additive", "dot") for direction in ("forward", "backward")
+)
 _HOW_TO_BUILD = (
     "build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, and nvcc for CUDA; "
     "add -v to see why a build failed)"
@@ -43,16 +46,17 @@ def build_info() -> Optional[dict]:
     return None if _C is None else _C.build_info()
 
 
-def _ops_without_kernel(dispatch_key: str) -> list[str]:
+def _ops_without_kernel(dispatch_key: str, op_names: tuple[str, ...]) -> list[str]:
     return [
         name
-        for name in OP_NAMES
+        for name in op_names
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_rnn::{name}", dispatch_key)
     ]
 
 
-def unavailable_reason(device: torch.device) -> Optional[str]:
-    """None when the native kernels can run on `device`, else a sentence saying why not."""
+def unavailable_reason(device: torch.device, op_names: tuple[str, ...] = OP_NAMES) -> Optional[str]:
+    """None when the native kernels of `op_names` (by default the recurrence ops) can run on
+    `device`, else a sentence saying why not."""
     device = torch.device(device)
     if _C is None:
         return f"the extension fused_rnn._C could not be imported ({_IMPORT_ERROR}); {_HOW_TO_BUILD}"
@@ -65,7 +69,7 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
             "fused_rnn._C was built without CUDA (torch without CUDA, or nvcc missing at build "
             f"time); {_HOW_TO_BUILD} on a machine with both"
         )
-    missing = _ops_without_kernel("CUDA")
+    missing = _ops_without_kernel("CUDA", op_names)
     if missing:
         return (
             "the CUDA kernels of the native backend are not built yet "
@@ -73,7 +77,36 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
         )
     if not torch.cuda.is_available():
         return "CUDA is not available"
+    return _compute_capability_reason(device)
+
+
+def _compute_capability_reason(device: torch.device) -> Optional[str]:
+    """Why the compiled CUDA kernels cannot run on `device`'s GPU, or None: they need compute
+    capability 8.0 (mma.sync on bf16, cp.async), and machine code or PTX for an architecture no
+    newer than the GPU's."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capability = torch.cuda.get_device_capability(index)
+    name = torch.cuda.get_device_name(index)
+    if capability < (8, 0):
+        return (
+            f"the native CUDA kernels need compute capability 8.0 or newer; {name} has "
+            f"{capability[0]}.{capability[1]}"
+        )
+    compiled = [tuple(int(part) for part in arch.split(".")) for arch in _C.build_info()["cuda_archs"]]
+    if compiled and all(arch > capability for arch in compiled):
+        archs = ", ".join(_C.build_info()["cuda_archs"])
+        return (
+            f"fused_rnn._C was compiled for compute capability {archs}, newer than {name}'s "
+            f"{capability[0]}.{capability[1]}; rebuild on this machine (or with "
+            f"FUSED_RNN_CUDA_ARCHS={capability[0]}.{capability[1]})"
+        )
     return None
+
+
+def attention_unavailable_reason(device: torch.device) -> Optional[str]:
+    """unavailable_reason for the attention ops, whose CUDA kernels are registered apart from the
+    recurrence's."""
+    return unavailable_reason(device, ATTENTION_OP_NAMES)
 
 
 def _native_ops():
@@ -241,8 +274,8 @@ if _C is not None:
 
 # ----------------------------------------------------------------------------------------------
 # Attention scoring (shapes and conventions: fused_rnn.reference, section "attention"), called by
-# the fused_rnn::*_attention_* ops of fused_rnn.attention_ops. The C++ ops have CPU kernels only;
-# their fake functions are those of the attention_ops ops.
+# the fused_rnn::*_attention_* ops of fused_rnn.attention_ops. The C++ ops have CPU kernels and,
+# when built with CUDA, CUDA kernels; their fake functions are those of the attention_ops ops.
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
 """The recurrence custom ops: torch.library registration, fake functions and autograd.
 
 One op per cell and direction of differentiation, shared by every backend; the `backend` argument
-names the implementation (see `fused_rnn.backends`), which receives contiguous, validated inputs.
-The ops are defined with `fused_rnn.op_library.define_op` (torch.library's define, impl,
-register_fake and register_autograd: custom_op's registration without its import of torch._dynamo
-on the first eager call); each name below is the op's OpOverload.
+names the implementation (see `fused_rnn.backends`; "auto" picks one for the device of the inputs
+when the op runs), which receives contiguous, validated inputs. The ops are defined with
+`fused_rnn.op_library.define_op` (torch.library's define, impl, register_fake and register_autograd:
+custom_op's registration without its import of torch._dynamo on the first eager call); each name
+below is the op's OpOverload.
 
     fused_rnn::rnn_forward   (xw, w_hh, h0, lengths, relu, backend)       -> hs, h_n
     fused_rnn::lstm_forward  (xw, w_hh, w_hr, h0, c0, lengths, backend)   -> hs, h_n, c_n, cs, gates
@@ -149,7 +150,7 @@ def rnn_forward(
 ) -> tuple[Tensor, Tensor]:
     check_rnn_args(xw, w_hh, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
+    return get_backend(backend, xw.device).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
 
 
 @torch.library.register_fake(rnn_forward)
@@ -173,7 +174,7 @@ def rnn_backward(
     """-> dxw [T, B, H], dh0 [B, H]. `xw` is not read by the kernels; it is an input so that the
     backward of this op can recompute the forward."""
     grad_hs, grad_h_n, w_hh, h0, lengths, hs = contiguous(grad_hs, grad_h_n, w_hh, h0, lengths, hs)
-    return get_backend(backend).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
+    return get_backend(backend, xw.device).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
 
 
 @torch.library.register_fake(rnn_backward)
@@ -193,7 +194,7 @@ def lstm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
+    return get_backend(backend, xw.device).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
 
 
 @torch.library.register_fake(lstm_forward)
@@ -228,7 +229,7 @@ def lstm_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dxw [T, B, 4H], dh0 [B, P], dc0 [B, H], dw_hr [P, H] (shape [0] without projection)."""
     args = contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
-    return get_backend(backend).lstm_backward(*args)
+    return get_backend(backend, xw.device).lstm_backward(*args)
 
 
 @torch.library.register_fake(lstm_backward)
@@ -248,7 +249,7 @@ def gru_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return get_backend(backend).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
+    return get_backend(backend, xw.device).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
 
 
 @torch.library.register_fake(gru_forward)
@@ -277,7 +278,7 @@ def gru_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> dxw [T, B, 3H], d_hn [T, B, H], dh0 [B, H]."""
     args = contiguous(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
-    return get_backend(backend).gru_backward(*args)
+    return get_backend(backend, xw.device).gru_backward(*args)
 
 
 @torch.library.register_fake(gru_backward)
@@ -288,7 +289,7 @@ def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
 def _run_inference(backend: str, family: str, args: list, outputs: int) -> tuple[Tensor, ...]:
     """The backend's `<family>_inference` on args, or, for a backend without one, the first
     `outputs` outputs of its `<family>_forward`."""
-    implementation = get_backend(backend)
+    implementation = get_backend(backend, args[0].device)
     inference = getattr(implementation, f"{family}_inference", None)
     if inference is not None:
         return inference(*args)
@@ -338,12 +339,6 @@ def _(xw, w_hh, b_hn, h0, lengths, backend):
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0)
 
 
-def needs_grad(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd will record an op on `tensors`: the choice between the forward ops and the
-    inference ops."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 # ----------------------------------------------------------------------------------------------
 # The GEMMs around the recurrence.
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +349,7 @@ def linear(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
     """x [M, K] @ w [N, K]^T + b ([N], [M, N] or None) -> [M, N], operands of any strides, through
     the backend's `linear` where it has one (the native one runs oneDNN on the CPU), else torch's
     GEMM. Differentiable to every order: its gradients are products of this op."""
-    implementation = getattr(get_backend(backend), "linear", None)
+    implementation = getattr(get_backend(backend, x.device), "linear", None)
     if implementation is not None:
         return implementation(x, w, b)
     return x @ w.t() if b is None else torch.addmm(b, x, w.t())
@@ -386,15 +381,17 @@ torch.library.register_autograd(linear, _linear_grad, setup_context=_linear_setu
 
 
 @constant_when_traced
-def has_own_gemm(backend: str) -> bool:
-    """Whether `backend` (a resolved name) implements `linear`, the GEMMs around its recurrence."""
-    return hasattr(get_backend(backend), "linear")
+def has_own_cpu_gemm(backend: str) -> bool:
+    """Whether `backend` ("auto" or a name) implements `linear`, the GEMMs around its recurrence, on
+    the CPU."""
+    return hasattr(get_backend(backend, "cpu"), "linear")
 
 
 def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
-    """F.linear(x, w, b) for x [..., K], w [N, K], b [N] or None -> [..., N]: the `linear` op for a
-    backend with its own GEMM, else (and under autocast, which casts F.linear) F.linear."""
-    if not has_own_gemm(backend) or torch.is_autocast_enabled(x.device.type):
+    """F.linear(x, w, b) for x [..., K], w [N, K], b [N] or None -> [..., N]: on the CPU the `linear`
+    op for a backend with its own GEMM; elsewhere, for other backends and under autocast (which
+    casts F.linear) F.linear."""
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not has_own_cpu_gemm(backend):
         return F.linear(x, w, b)
     return linear(x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
 

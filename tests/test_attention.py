@@ -11,7 +11,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import attention_ops
-from fused_rnn.attention_parity import SCORES, Case, make_inputs, make_module, module_errors, tolerance
+from fused_rnn.attention_parity import OUTPUTS, SCORES, Case, make_inputs, make_module, module_errors, tolerance
 
 CASES = [
     Case(batch=3, tq=0, tk=13, dq=7, dk=7, dv=3, attn=9, lengths=True),
@@ -46,6 +46,33 @@ def test_parity_with_float64_reference(backend, dtype, score, case):
     assert not bad, f"{backend} {dtype} {score} {case}: errors above {limit:.1e}: {bad}"
 
 
+@pytest.mark.parametrize("outputs", [("context",), ("weights",), OUTPUTS], ids="+".join)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("backend", ["reference", "triton", "native"])
+def test_requested_weights_with_a_loss_on_either_output(backend, score, outputs):
+    """need_weights=True (the weights drawn as an alignment heatmap, say) with a loss on the
+    context alone, on the weights alone, or on both: every gradient matches the reference's."""
+    require(backend)
+    case = Case(batch=3, tq=4, tk=11, dq=5, dk=5, dv=3, attn=6, lengths=True, seed=5)
+    errors = module_errors(score, case, backend, torch.float64, outputs=outputs)
+    limit = tolerance(score, case, torch.float64)
+    bad = {name: error for name, error in errors.items() if not error <= limit}
+    assert not bad, f"{backend} {score} loss on {outputs}: errors above {limit:.1e}: {bad}"
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("backend", ["reference", "triton", "native"])
+def test_parity_without_weights(backend, score):
+    """need_weights=False: no weights stored or returned, the context and every gradient as the
+    reference's."""
+    require(backend)
+    case = CASES[2]
+    errors = module_errors(score, case, backend, torch.float64, need_weights=False)
+    assert "weights" not in errors
+    bad = {name: error for name, error in errors.items() if not error <= tolerance(score, case, torch.float64)}
+    assert not bad, f"{backend} {score}: {bad}"
+
+
 @pytest.mark.parametrize("score,dtype", [("additive", torch.float16), ("general", torch.bfloat16)],
                          ids=["additive-float16", "general-bfloat16"])
 def test_triton_half_precision_parity_in_interpreter(score, dtype):
@@ -56,17 +83,65 @@ def test_triton_half_precision_parity_in_interpreter(score, dtype):
     assert max(errors.values()) <= limit, (errors, limit)
 
 
+# On CUDA, also shapes that take every path of the CUDA kernels: a split-K decoder step over
+# several key tiles, several query row blocks and key tiles per split, features and values in
+# several chunks. The half types' tolerance (twice the reference's own error) is then stable: each
+# case was checked on the CPU with the kernels' host emulation in the native backend's place.
+CUDA_CASES = CASES + [
+    Case(batch=16, tq=0, tk=130, dq=33, dk=33, dv=7, attn=33, lengths=True),
+    Case(batch=2, tq=37, tk=150, dq=24, dk=24, dv=16, attn=24, lengths=False, seed=1),
+    Case(batch=2, tq=20, tk=70, dq=300, dk=300, dv=270, attn=300, lengths=True, seed=2),
+]
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("need_weights", [True, False], ids=["weights", "no-weights"])
+@pytest.mark.parametrize("case", CUDA_CASES, ids=str)
 @pytest.mark.parametrize("score", SCORES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", ["triton", "native"])
-def test_cuda_parity_with_float64_reference(backend, dtype, score, case):
+def test_cuda_parity_with_float64_reference(backend, dtype, score, case, need_weights):
     require(backend, "cuda")
-    errors = module_errors(score, case, backend, dtype, "cuda")
-    limit = tolerance(score, case, dtype, "cuda")
+    errors = module_errors(score, case, backend, dtype, "cuda", need_weights=need_weights)
+    limit = tolerance(score, case, dtype, "cuda", need_weights)
     bad = {name: error for name, error in errors.items() if not error <= limit}
-    assert not bad, f"{backend} cuda {dtype} {score} {case}: errors above {limit:.1e}: {bad}"
+    assert not bad, f"{backend} cuda {dtype} {score} {case} need_weights={need_weights}: errors above {limit:.1e}: {bad}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("score", ["additive", "dot"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_native_results_repeat_bitwise(score, dtype):
+    """Forward and backward twice on the same inputs give the same bits (no atomics), with
+    split-K and chunked features and values in play."""
+    require("native", "cuda")
+    generator = torch.Generator().manual_seed(6)
+    batch, tq, tk, features, dv = 3, 40, 300, 300, 270
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator).to("cuda", dtype).requires_grad_()
+
+    query, keys, values = leaf(batch, tq, features), leaf(batch, tk, features), leaf(batch, tk, dv)
+    v = leaf(features)
+    lengths = torch.tensor([1, 300, 177], device="cuda")
+    grad_context = torch.randn(batch, tq, dv, generator=generator).to("cuda", dtype)
+    grad_weights = torch.randn(batch, tq, tk, generator=generator).to("cuda", dtype)
+
+    def run():
+        if score == "additive":
+            context, _, weights = attention_ops.additive_attention_forward(query, keys, v, values, lengths, True,
+                                                                           "native")
+            leaves = [query, keys, v, values]
+        else:
+            context, _, weights = attention_ops.dot_attention_forward(query, keys, values, lengths, 0.05, True,
+                                                                      "native")
+            leaves = [query, keys, values]
+        grads = torch.autograd.grad([context, weights], leaves, [grad_context, grad_weights])
+        return [context, weights, *grads]
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

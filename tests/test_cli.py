@@ -1,15 +1,21 @@
 """The fused-rnn command on the CPU with tiny shapes: bench, profile, grad-paths, check's wiring
 and argument errors."""
 
+import hashlib
 import json
+import re
+import shutil
 import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import pytest
+import torch
 
 from fused_rnn import available_backends, cli
-from fused_rnn.bench.results import COLUMNS, read_rows
+from fused_rnn.bench.results import COLUMNS, REPOSITORY, read_rows
 
 
 def test_bench_prints_table_and_writes_csv_and_plots(tmp_path, capsys):
@@ -122,3 +128,84 @@ def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "fused_rnn.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert all(command in done.stdout for command in ("check", "bench", "profile", "grad-paths"))
+
+
+def _tracked_state() -> tuple:
+    """git's view of the tracked files, and the bytes of the committed results."""
+    status = subprocess.run(["git", "-C", str(REPOSITORY), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=60).stdout
+    results = REPOSITORY / "benchmarks" / "results"
+    digests = {p.relative_to(results).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(results.rglob("*")) if p.is_file()}
+    return status, digests
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPOSITORY / ".git").exists(), reason="needs the git checkout")
+def test_quick_bench_streams_rows_into_a_folder_of_its_own():
+    """What `make bench` runs, on tiny points: each point's rows are printed as soon as it is
+    measured (before the next point's progress), the progress bar has an ETA, the summary and the
+    places of the CSV and plots come at the end, no profiler noise, and the run writes to a new
+    git-ignored folder, leaving the tracked files (the committed results above all) untouched."""
+    before = _tracked_state()
+    command = [sys.executable, "-u", "-m", "fused_rnn.cli", "bench", "--quick", "--device", "cpu",
+               "--shape", "B2-T3-I3-H4", "--shape", "B3-T3-I3-H4", "--op", "lstm,gru"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPOSITORY)
+    lines, arrival = [], []
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        arrival.append(time.perf_counter())
+    assert process.wait(timeout=600) == 0, "\n".join(lines[-30:])
+    text = "\n".join(lines)
+    assert "USDT" not in text and "profiler_start" not in text
+    first_table = lines.index("lstm B2-T3-I3-H4 float32 forward  (baseline: torch-cpu)")
+    progress = [i for i, line in enumerate(lines) if line.startswith("[")]
+    later_point = [i for i in progress if "B3-T3-I3-H4" in lines[i]]
+    assert progress[0] < first_table < later_point[0], "the first point's rows must come before the next point runs"
+    assert all(re.search(r" ETA \d+(m\d\ds|s)  ", lines[i]) for i in progress)
+    summary = [i for i, line in enumerate(lines) if line.startswith("Summary on cpu (")]
+    assert len(summary) == 1 and summary[0] > progress[-1] and "time/base" in lines[summary[0] + 2]
+    written = re.search(r"^wrote (\d+) rows to (.+cpu\.csv)$", text, re.MULTILINE)
+    assert written, text[-2000:]
+    csv_path = Path(written.group(2))
+    run = csv_path.parent
+    try:
+        assert run.parent == REPOSITORY / "benchmarks" / "runs" and re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?", run.name)
+        assert len(read_rows(csv_path)) == int(written.group(1)) == 2 * 2 * 2 * len(
+            [p for p in ("torch-cpu", "native") if p == "torch-cpu" or "native" in available_backends("cpu")])
+        assert f"wrote {run / 'plots' / 'cpu-lstm-float32.png'}" in lines
+        ignored = subprocess.run(["git", "-C", str(REPOSITORY), "check-ignore", "-q", str(csv_path)], timeout=60)
+        assert ignored.returncode == 0, "the run folder must be git-ignored"
+        assert _tracked_state() == before
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no CUDA device")
+@pytest.mark.parametrize("argv", [
+    ["check", "--device", "cuda"],
+    ["profile", "--op", "lstm", "--shape", "B2-T3-I4-H5", "--device", "cuda"],
+    ["grad-paths", "--device", "cuda", "--seq-len", "3"],
+    ["bench", "--device", "cuda", "--quick"],
+])
+def test_a_device_that_does_not_exist_fails_in_one_line(argv):
+    done = subprocess.run([sys.executable, "-m", "fused_rnn.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"fused-rnn {argv[0]}: error: --device cuda: "), done.stderr
+    assert "CUDA" in error[0] and "Traceback" not in done.stderr
+
+
+def test_bench_save_updates_the_committed_results(tmp_path, monkeypatch, capsys):
+    """--save writes into the committed results folder (here a stand-in), merging by key."""
+    from fused_rnn.bench import command
+
+    monkeypatch.setattr(command, "default_results_dir", lambda: tmp_path)
+    argv = ["bench", "--quick", "--device", "cpu", "--shape", "B2-T3-I3-H4", "--shape", "B3-T3-I3-H4", "--op", "gru",
+            "--provider", "torch-cpu", "--save"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv[:-3] + ["--mode", "forward", "--provider", "torch-cpu", "--save"]) == 0
+    out = capsys.readouterr().out
+    rows = read_rows(tmp_path / "cpu.csv")
+    assert len(rows) == 4  # 2 shapes x 2 modes, the second run replacing the forward rows
+    assert f"results to {tmp_path / 'cpu.csv'}" in out and (tmp_path / "plots" / "cpu-gru-float32.png").exists()

@@ -14,6 +14,7 @@ import types
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 from fused_rnn import backends, reference
@@ -108,6 +109,69 @@ def test_inductor_compiled_module_matches_eager():
     """The default compiler end to end. One cell only: Inductor compiles C++ for each kernel, and
     a cold cache costs over a minute for the 2-layer bidirectional LSTM on a 2-core machine."""
     check_against_eager("lstm-cell", "inductor", [(1, 3)])
+
+
+PACKED_CASES = {
+    "lstm-2-layers-bidirectional-proj-unsorted-hx": (
+        lambda: fused_rnn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2), False, True),
+    "gru-sorted": (lambda: fused_rnn.GRU(3, 5), True, False),
+    "rnn-relu-unsorted-hx": (lambda: fused_rnn.RNN(3, 4, nonlinearity="relu"), False, True),
+}
+
+
+def packed_call(model, x, lengths, *states, enforce_sorted=True):
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    output, finals = sequence_model_call(model, packed, *states)
+    return output.data, finals
+
+
+def packed_inputs(model, steps, batch, with_states, sorted_lengths, seed):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0] = steps
+    if sorted_lengths:
+        lengths = lengths.sort(descending=True).values
+    x = torch.randn(steps, batch, 3, generator=generator)
+    if not with_states:
+        return x, lengths, []
+    slots = model.num_layers * (2 if model.bidirectional else 1)
+    states = [torch.randn(slots, batch, model.proj_size or model.hidden_size, generator=generator)]
+    if isinstance(model, fused_rnn.LSTM):
+        states.append(torch.randn(slots, batch, model.hidden_size, generator=generator))
+    return x, lengths, states
+
+
+@pytest.mark.parametrize("name", list(PACKED_CASES))
+def test_compiled_module_with_packed_input_matches_eager(name):
+    """PackedSequence input traces with fullgraph=True: the lengths stay tensors (no Python branch
+    on their values), and batch_sizes[0] is a size the graph takes as it comes."""
+    make_model, sorted_lengths, with_states = PACKED_CASES[name]
+    torch.manual_seed(300 + list(PACKED_CASES).index(name))
+    model = make_model()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for seed, (steps, batch) in enumerate([(6, 4), (6, 3), (4, 5)]):
+        x, lengths, states = packed_inputs(model, steps, batch, with_states, sorted_lengths, seed)
+
+        def call(m, x, *states):
+            return packed_call(m, x, lengths, *states, enforce_sorted=sorted_lengths)
+
+        eager = outputs_and_grads(model, [x, *states], call)
+        traced = outputs_and_grads(compiled, [x, *states], call)
+        assert len(traced) == len(eager)
+        for got, want in zip(traced, eager):
+            assert got.shape == want.shape and relative_error(got, want) <= FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("sorted_lengths, with_states", [(False, True), (False, False), (True, True)])
+def test_packed_input_compiles_without_a_graph_break(sorted_lengths, with_states):
+    """Without fullgraph: one graph wherever the batch size is a shape (the packing's sorted_indices
+    or the initial state); a sorted packing without a state has it only in batch_sizes' values."""
+    model = fused_rnn.GRU(3, 5, num_layers=2, bidirectional=True)
+    x, lengths, states = packed_inputs(model, 5, 3, with_states, sorted_lengths, 0)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=sorted_lengths)
+    explanation = torch._dynamo.explain(model)(packed, *states)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
 
 
 def test_compiled_module_follows_backend_changes(monkeypatch):

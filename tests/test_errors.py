@@ -1,21 +1,21 @@
-"""Bad input: a clear error of torch.nn's type, naming what was expected and what was given.
+"""Bad input to the ops and unavailable backends: a clear error naming what was expected and what
+was given (the modules' errors are torch.nn's: tests/test_nn_errors.py).
 
-Module cases run on torch.nn too, to check the exception type is the one torch.nn raises; our
-message is then matched. Op-level cases check the validation of the custom ops, including lengths
-out of [1, T]. Backend cases check unknown and unavailable backends (simulated with monkeypatch,
-so they hold whatever is installed).
+Op-level cases check the validation of the custom ops, including lengths out of [1, T]. Backend
+cases check unknown and unavailable backends (simulated with monkeypatch, so they hold whatever is
+installed), devices that do not exist, and the one-sentence reasons.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import types
-from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
-from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
 from fused_rnn import backends, ops
@@ -24,114 +24,6 @@ from fused_rnn.parity import Case, make_inputs
 
 def randn(*shape, dtype=torch.float32):
     return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(len(shape)))
-
-
-@dataclass
-class BadCall:
-    """`call(lib)` with lib = torch.nn or fused_rnn raises `error` with a message matching `match`
-    (for fused_rnn). `torch_nn_raises`: torch.nn raises the same type (False where it accepts the
-    input silently)."""
-
-    name: str
-    call: Callable
-    error: type
-    match: str
-    torch_nn_raises: bool = True
-
-
-MODULE_CASES = [
-    BadCall("feature-size", lambda L: L.LSTM(3, 5)(randn(4, 2, 4)), RuntimeError,
-            r"input.size\(-1\) must be equal to input_size. Expected 3, got 4"),
-    BadCall("feature-size-unbatched", lambda L: L.GRU(3, 5)(randn(4, 4)), RuntimeError, r"Expected 3, got 4"),
-    BadCall("feature-size-packed", lambda L: L.RNN(3, 5)(pack_padded_sequence(randn(4, 2, 4), [4, 2])),
-            RuntimeError, r"Expected 3, got 4"),
-    BadCall("h0-shape", lambda L: L.LSTM(3, 5)(randn(4, 2, 3), (randn(1, 2, 4), randn(1, 2, 5))), RuntimeError,
-            r"Expected hidden size \(1, 2, 5\), got \[1, 2, 4\]"),
-    BadCall("c0-shape", lambda L: L.LSTM(3, 5)(randn(4, 2, 3), (randn(1, 2, 5), randn(1, 2, 4))), RuntimeError,
-            r"Expected cell size \(1, 2, 5\), got \[1, 2, 4\]"),
-    BadCall("h0-proj-shape", lambda L: L.LSTM(3, 5, proj_size=2)(randn(4, 2, 3), (randn(1, 2, 5), randn(1, 2, 5))),
-            RuntimeError, r"Expected hidden size \(1, 2, 2\), got \[1, 2, 5\]"),
-    BadCall("h0-layers", lambda L: L.GRU(3, 5, num_layers=2)(randn(4, 2, 3), randn(1, 2, 5)), RuntimeError,
-            r"Expected hidden size \(2, 2, 5\), got \[1, 2, 5\]"),
-    BadCall("h0-directions", lambda L: L.RNN(3, 5, bidirectional=True)(randn(4, 2, 3), randn(1, 2, 5)),
-            RuntimeError, r"Expected hidden size \(2, 2, 5\), got \[1, 2, 5\]"),
-    BadCall("batch-mismatch", lambda L: L.GRU(3, 5)(randn(4, 2, 3), randn(1, 3, 5)), RuntimeError,
-            r"Expected hidden size \(1, 2, 5\), got \[1, 3, 5\]"),
-    BadCall("batch-mismatch-batch-first", lambda L: L.GRU(3, 5, batch_first=True)(randn(2, 4, 3), randn(1, 4, 5)),
-            RuntimeError, r"Expected hidden size \(1, 2, 5\), got \[1, 4, 5\]"),
-    BadCall("batch-mismatch-packed",
-            lambda L: L.LSTM(3, 5)(pack_padded_sequence(randn(4, 2, 3), [4, 2]), (randn(1, 3, 5), randn(1, 3, 5))),
-            RuntimeError, r"Expected hidden size \(1, 2, 5\), got \[1, 3, 5\]"),
-    BadCall("input-dtype", lambda L: L.LSTM(3, 5)(randn(4, 2, 3, dtype=torch.float64)), ValueError,
-            r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
-    BadCall("state-dtype", lambda L: L.GRU(3, 5)(randn(4, 2, 3), randn(1, 2, 5, dtype=torch.float64)), RuntimeError,
-            r"hidden state dtype torch.float32 \(the input dtype\), got torch.float64"),
-    BadCall("input-4d", lambda L: L.RNN(3, 5)(randn(4, 2, 3, 1)), ValueError, r"Expected input to be 2D or 3D, got 4D"),
-    BadCall("unbatched-input-3d-hx", lambda L: L.RNN(3, 5)(randn(4, 3), randn(1, 1, 5)), RuntimeError,
-            r"For unbatched 2-D input, hx should also be 2-D but got \(3-D\)"),
-    BadCall("batched-input-2d-hx", lambda L: L.LSTM(3, 5)(randn(4, 2, 3), (randn(1, 5), randn(1, 5))), RuntimeError,
-            r"For batched 3-D input, hx and cx should also be 3-D but got \(2-D, 2-D\)"),
-    BadCall("no-time-steps", lambda L: L.LSTM(3, 5)(randn(0, 2, 3)), RuntimeError,
-            r"Expected sequence length to be larger than 0 in LSTM, got input of shape \[0, 2, 3\]"),
-    BadCall("packed-increasing-batch-sizes",
-            lambda L: L.GRU(3, 5)(PackedSequence(randn(3, 3), torch.tensor([1, 2]))), RuntimeError,
-            r"batch_sizes must be positive and non-increasing .* got \[1, 2\]"),
-    BadCall("packed-row-shorter-than-one-step",
-            lambda L: L.GRU(3, 5)(PackedSequence(randn(2, 3), torch.tensor([2, 0]))), RuntimeError,
-            r"batch_sizes must be positive and non-increasing .* got \[2, 0\]", torch_nn_raises=False),
-    BadCall("packed-rows-mismatch",
-            lambda L: L.LSTM(3, 5)(PackedSequence(randn(2, 3), torch.tensor([2, 1]))), RuntimeError,
-            r"data must have sum\(batch_sizes\) = 3 rows, got 2"),
-    BadCall("packed-batch-sizes-int32",
-            lambda L: L.RNN(3, 5)(PackedSequence(randn(3, 3), torch.tensor([2, 1], dtype=torch.int32))),
-            RuntimeError, r"batch_sizes must be a non-empty 1-D int64 CPU tensor, got a 1-D torch.int32"),
-    # Constructors
-    BadCall("proj-size-too-large", lambda L: L.LSTM(3, 5, proj_size=5), ValueError,
-            r"proj_size has to be smaller than hidden_size, got proj_size=5 and hidden_size=5"),
-    BadCall("proj-size-negative", lambda L: L.LSTM(3, 5, proj_size=-1), ValueError,
-            r"proj_size should be a positive integer or zero"),
-    BadCall("gru-proj-size", lambda L: L.GRU(3, 5, proj_size=2), ValueError,
-            r"proj_size argument is only supported for LSTM, not RNN or GRU"),
-    BadCall("rnn-proj-size", lambda L: L.RNN(3, 5, nonlinearity="relu", proj_size=1), ValueError,
-            r"proj_size argument is only supported for LSTM, not RNN or GRU"),
-    BadCall("dropout-range", lambda L: L.GRU(3, 5, num_layers=2, dropout=1.5), ValueError,
-            r"dropout should be a number in range \[0, 1\].*got 1.5"),
-    BadCall("hidden-size-zero", lambda L: L.RNN(3, 0), ValueError, r"hidden_size must be greater than zero, got 0"),
-    BadCall("num-layers-zero", lambda L: L.LSTM(3, 4, num_layers=0), ValueError,
-            r"num_layers must be greater than zero, got 0"),
-    BadCall("nonlinearity", lambda L: L.RNN(3, 4, nonlinearity="sigmoid"), ValueError,
-            r"Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'."),
-    # Cells
-    BadCall("cell-feature-size", lambda L: L.LSTMCell(3, 5)(randn(2, 4)), RuntimeError,
-            r"input has inconsistent input_size: got 4 expected 3"),
-    BadCall("cell-hidden-size", lambda L: L.GRUCell(3, 5)(randn(2, 3), randn(2, 4)), RuntimeError,
-            r"hidden state has inconsistent shape: got \[2, 4\] expected \[2, 5\]"),
-    BadCall("cell-batch-mismatch", lambda L: L.RNNCell(3, 5)(randn(2, 3), randn(3, 5)), RuntimeError,
-            r"got \[3, 5\] expected \[2, 5\]"),
-    BadCall("cell-lstm-cx-batch", lambda L: L.LSTMCell(3, 5)(randn(2, 3), (randn(2, 5), randn(3, 5))), RuntimeError,
-            r"got \[3, 5\] expected \[2, 5\]"),
-    BadCall("cell-input-3d", lambda L: L.RNNCell(3, 5)(randn(2, 2, 3)), ValueError,
-            r"RNNCell: Expected input to be 1D or 2D, got 3D instead"),
-    BadCall("cell-hidden-3d", lambda L: L.GRUCell(3, 5)(randn(2, 3), randn(1, 2, 5)), ValueError,
-            r"GRUCell: Expected hidden to be 1D or 2D, got 3D instead"),
-    BadCall("cell-lstm-cx-3d", lambda L: L.LSTMCell(3, 5)(randn(2, 3), (randn(2, 5), randn(1, 2, 5))), ValueError,
-            r"LSTMCell: Expected hx\[1\] to be 1D or 2D, got 3D instead"),
-    BadCall("cell-hidden-dims-differ", lambda L: L.RNNCell(3, 5)(randn(2, 3), randn(5)), RuntimeError,
-            r"RNNCell: Expected hidden to be 2D like the input, got 1D"),
-    BadCall("cell-input-dtype", lambda L: L.RNNCell(3, 5)(randn(2, 3, dtype=torch.float64)), RuntimeError,
-            r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
-]
-
-
-@pytest.mark.parametrize("case", MODULE_CASES, ids=lambda c: c.name)
-def test_module_errors(case):
-    if case.torch_nn_raises:
-        with pytest.raises(case.error):
-            case.call(nn)
-    else:
-        case.call(nn)
-    with pytest.raises(case.error, match=case.match):
-        case.call(fused_rnn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,30 +132,51 @@ def fake_backend(monkeypatch):
     return install
 
 
-def test_unavailable_backend_says_why_and_how(fake_backend):
-    fake_backend("triton", types.SimpleNamespace(unavailable_reason=lambda device: "Triton is not installed"))
+def test_missing_triton_says_how_to_get_it(fake_backend, monkeypatch):
+    fake_backend("triton", types.SimpleNamespace(
+        unavailable_reason=lambda device: "Triton could not be imported (No module named 'triton')"))
+    monkeypatch.setattr(backends, "_missing_package", lambda name: name == "triton")
     assert "triton" not in fused_rnn.available_backends("cpu")
     model = fused_rnn.LSTM(3, 4, backend="triton")  # accepted: it may run on another device
-    with pytest.raises(RuntimeError, match=r"backend 'triton' cannot run on cpu: Triton is not installed; "
-                                           r"to get it, install Triton \(`pip install triton`\)"):
+    with pytest.raises(RuntimeError, match=r"^fused_rnn backend 'triton' cannot run on cpu: Triton could not be "
+                                           r"imported \(No module named 'triton'\); to get it, install Triton "
+                                           r"\(`pip install triton`\)$"):
         model(randn(5, 2, 3))
     cell = fused_rnn.GRUCell(3, 4, backend="triton")
-    with pytest.raises(RuntimeError, match=r"backend 'triton' cannot run on cpu: Triton is not installed"):
+    with pytest.raises(RuntimeError, match=r"backend 'triton' cannot run on cpu: Triton could not be imported"):
         cell(randn(2, 3))
+
+
+def test_triton_on_a_cpu_without_the_interpreter_is_one_sentence():
+    """Triton is installed, its interpreter is off: say that, and how to turn it on, once."""
+    script = (
+        "import torch, fused_rnn\n"
+        "try:\n    fused_rnn.LSTM(3, 4, backend='triton')(torch.randn(2, 1, 3))\n"
+        "except RuntimeError as error:\n    print(error)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (
+        "fused_rnn backend 'triton' cannot run on cpu: Triton runs on CPU tensors only in its interpreter: "
+        "set TRITON_INTERPRET=1 before importing fused_rnn"
+    )
 
 
 def test_backend_that_fails_to_import(fake_backend):
     fake_backend("native", import_path="fused_rnn._no_such_extension")
     assert "native" not in fused_rnn.available_backends("cpu")
     assert "could not be imported" in backends.unavailable_reason("native", "cpu")
-    with pytest.raises(RuntimeError, match=r"backend 'native' cannot run on cpu: it could not be imported .*"
-                                           r"to get it, build the extension"):
+    message = r"backend 'native' cannot run on cpu: it could not be imported .*; to get it, build the extension"
+    with pytest.raises(RuntimeError, match=message):
         fused_rnn.RNN(3, 4, backend="native")(randn(5, 2, 3))
-    with pytest.raises(RuntimeError, match=r"backend 'native': it could not be imported"):
+    with pytest.raises(RuntimeError, match=message):
         call_op("rnn_tanh", op_inputs("rnn_tanh"), backend="native")
+    with pytest.raises(RuntimeError, match=r"backend 'native': it could not be imported"):
+        backends.get_backend("native")
 
 
-def test_auto_on_cpu_prefers_native_and_never_picks_triton(fake_backend):
+def test_auto_on_cpu_prefers_native_and_never_picks_triton(fake_backend, monkeypatch):
     runs_anywhere = types.SimpleNamespace(unavailable_reason=lambda device: None)
     fake_backend("triton", runs_anywhere)
     fake_backend("native", import_path="fused_rnn._no_such_extension")
@@ -272,4 +185,25 @@ def test_auto_on_cpu_prefers_native_and_never_picks_triton(fake_backend):
     fake_backend("native", runs_anywhere)
     assert fused_rnn.available_backends("cpu") == ["native", "reference", "triton"]
     assert backends.resolve_backend("auto", "cpu") == "native"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert backends.resolve_backend("auto", "cuda") == "native"
+
+
+def test_ops_resolve_auto_for_the_device_of_their_inputs():
+    x = op_inputs("gru")
+    assert torch.equal(call_op("gru", x, backend="auto")[0], call_op("gru", x, backend=backends.resolve_backend("auto", "cpu"))[0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no CUDA device")
+def test_no_backend_runs_on_a_device_that_does_not_exist():
+    assert fused_rnn.available_backends("cuda") == []
+    reason = backends.device_unavailable_reason("cuda")
+    assert reason in (f"this torch ({torch.__version__}) is built without CUDA, so it has no CUDA device",
+                      "torch sees no CUDA device (torch.cuda.is_available() is False)")
+    for name in backends.BACKEND_NAMES:
+        assert backends.unavailable_reason(name, "cuda") == reason
+    with pytest.raises(RuntimeError, match=r"^no fused_rnn backend can run on cuda: " + re.escape(reason) + "$"):
+        backends.resolve_backend("auto", "cuda")
+    with pytest.raises(RuntimeError, match=r"^fused_rnn backend 'reference' cannot run on cuda: " + re.escape(reason) + "$"):
+        backends.resolve_backend("reference", "cuda")

@@ -1,6 +1,7 @@
 """The examples run end to end in their smoke mode: exit 0, the promised last line, the picture."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,22 @@ def test_gradient_flow_smoke(tmp_path):
     assert lines[-1] == f"plot: {tmp_path / 'gradient_flow.png'}"
     assert (tmp_path / "gradient_flow.png").stat().st_size > 0
     results = json.loads((tmp_path / "gradient_flow.json").read_text())
-    assert set(results) == {"rnn", "lstm", "gru", "lstm_fb0", "lstm_fb1", "lstm_fb3"}
+    assert set(results) == {"rnn", "lstm", "gru", "lstm_fb1", "lstm_fb3"}
+    assert results["lstm"]["forget_bias"] is None and results["lstm_fb3"]["forget_bias"] == 3.0
     reach = {name: r["before"]["grad_norm_x"][0] / r["before"]["grad_norm_x"][-1] for name, r in results.items()}
-    assert reach["lstm_fb3"] > 10 * reach["lstm_fb0"], reach
+    assert reach["lstm_fb3"] > 10 * reach["lstm"], reach  # the open forget gate carries the gradient back
+    why = next(i for i, line in enumerate(lines) if line.startswith("Why: the LSTM's cell state"))
+    explanation = " ".join(lines[why:lines.index("", why)])
+    assert "forget gate" in explanation and "torch.nn initialises every bias" in explanation
+    assert any(line.startswith("recall accuracy after 3 training steps") for line in lines)
+
+
+def test_readme_pictures_exist_and_are_small():
+    """Every picture examples/README.md shows is committed, as a small PNG."""
+    readme = (EXAMPLES / "README.md").read_text()
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert pictures
+    for picture in pictures:
+        path = EXAMPLES / picture
+        assert path.is_file(), picture
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 400_000, picture

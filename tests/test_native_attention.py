@@ -1,7 +1,8 @@
 """The native C++ attention kernels on the CPU: parity of every score with the float64 reference
 through the modules, weights that sum to one and vanish past each length, opcheck of the C++ ops
 and of the Python ops with backend="native", argument errors of the C++ ops, and results that do
-not depend on the thread count."""
+not depend on the thread count. On a GPU (cuda marker) the same opchecks and device errors of the
+CUDA kernels."""
 
 from __future__ import annotations
 
@@ -61,16 +62,16 @@ def test_weights_sum_to_one_and_vanish_past_length(score):
 B, TQ, TK, A, DV = 2, 3, 5, 4, 2
 
 
-def _leaves(dtype, *shapes):
-    return [torch.randn(*shape, dtype=dtype) for shape in shapes]
+def _leaves(dtype, *shapes, device="cpu"):
+    return [torch.randn(*shape, dtype=dtype, device=device) for shape in shapes]
 
 
-def _forward_args(score, dtype, lengths, need_weights, b=B, tq=TQ, tk=TK, a=A, dv=DV):
+def _forward_args(score, dtype, lengths, need_weights, b=B, tq=TQ, tk=TK, a=A, dv=DV, device="cpu"):
     """The C++ forward op's arguments, no gradients (the C++ ops are backend functions: autograd
     belongs to the Python ops) (additive: pq, pk, v, values; dot: query, keys, values, scale)."""
     if score == "additive":
-        return (*_leaves(dtype, (b, tq, a), (b, tk, a), (a,), (b, tk, dv)), lengths, need_weights)
-    return (*_leaves(dtype, (b, tq, a), (b, tk, a), (b, tk, dv)), lengths, 0.5, need_weights)
+        return (*_leaves(dtype, (b, tq, a), (b, tk, a), (a,), (b, tk, dv), device=device), lengths, need_weights)
+    return (*_leaves(dtype, (b, tq, a), (b, tk, a), (b, tk, dv), device=device), lengths, 0.5, need_weights)
 
 
 def _backward_args(score, forward_args, need_weights):
@@ -92,6 +93,33 @@ def test_opcheck_native_ops(score, need_weights):
     torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{score}_attention_forward").default, args)
     backward = getattr(torch.ops.fused_rnn, f"native_{score}_attention_backward").default
     torch.library.opcheck(backward, _backward_args(score, args, need_weights))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("score", ["additive", "dot"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_opcheck_native_ops_on_cuda(dtype, score, need_weights):
+    if "native" not in attention_ops.attention_backends("cuda"):
+        pytest.skip("the native CUDA attention kernels are not built here")
+    args = _forward_args(score, dtype, torch.tensor([TK, 2], device="cuda"), need_weights, device="cuda")
+    torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{score}_attention_forward").default, args)
+    backward = getattr(torch.ops.fused_rnn, f"native_{score}_attention_backward").default
+    torch.library.opcheck(backward, _backward_args(score, args, need_weights))
+
+
+@pytest.mark.cuda
+def test_native_cuda_ops_reject_tensors_elsewhere():
+    if "native" not in attention_ops.attention_backends("cuda"):
+        pytest.skip("the native CUDA attention kernels are not built here")
+    query, keys, values = (t.cuda() for t in (torch.randn(B, TQ, A), torch.randn(B, TK, A), torch.randn(B, TK, DV)))
+    with pytest.raises(RuntimeError, match=r"values must be a CUDA tensor for the native CUDA kernels, got a cpu"):
+        torch.ops.fused_rnn.native_dot_attention_forward(query, keys, values.cpu(), None, 1.0, False)
+    with pytest.raises(RuntimeError, match=r"key_lengths must be a CUDA tensor"):
+        torch.ops.fused_rnn.native_dot_attention_forward(query, keys, values, torch.tensor([1, 2]), 1.0, False)
+    with pytest.raises(RuntimeError, match=r"key_lengths must lie in \[1, 5\]"):
+        torch.ops.fused_rnn.native_dot_attention_forward(query, keys, values, torch.tensor([0, 2], device="cuda"),
+                                                         1.0, False)
 
 
 @pytest.mark.parametrize("need_weights", [False, True])

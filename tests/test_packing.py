@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from fused_rnn.packing import padded_from_packed
+from fused_rnn.packing import packing_of, padded_from_packed
 
 
 @pytest.mark.parametrize("lengths", [[4, 9, 1, 7, 7], [3], [5, 5, 5]])
@@ -16,8 +16,9 @@ def test_padded_from_packed_equals_pad_packed_sequence(lengths):
     x = torch.randn(max(lengths), len(lengths), 3, dtype=torch.float64, requires_grad=True)
     packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
     expected, expected_lengths = pad_packed_sequence(PackedSequence(packed.data, packed.batch_sizes))
-    padded, got_lengths = padded_from_packed(packed.data, packed.batch_sizes)
-    assert torch.equal(padded, expected) and torch.equal(got_lengths, expected_lengths)
+    packing = packing_of(packed.data, packed.batch_sizes, len(lengths))
+    padded = padded_from_packed(packed.data, packing, max(lengths))
+    assert torch.equal(padded, expected) and torch.equal(packing.lengths, expected_lengths)
     grad = torch.randn_like(padded)
     (want,) = torch.autograd.grad(expected, packed.data, grad, retain_graph=True)
     (got,) = torch.autograd.grad(padded, packed.data, grad)
@@ -26,7 +27,8 @@ def test_padded_from_packed_equals_pad_packed_sequence(lengths):
 
 def test_backward_is_one_node():
     data = torch.randn(20, 2, requires_grad=True)
-    padded, _ = padded_from_packed(data, torch.tensor([5, 4, 4, 3, 2, 1, 1]))
+    batch_sizes = torch.tensor([5, 4, 4, 3, 2, 1, 1])
+    padded = padded_from_packed(data, packing_of(data, batch_sizes, 5), 7)
     nodes, stack = set(), [padded.grad_fn]
     while stack:
         node = stack.pop()

@@ -7,7 +7,8 @@
 // LSTM cell states `cs` have the accumulation dtype (float32 for half types, else `dtype`).
 // `lengths` (int64, device memory) is null when every row runs all T steps; otherwise row b runs
 // steps t < lengths[b] (1 <= lengths[b] <= T), emits zeros after, and its final state is the
-// state after step lengths[b] - 1.
+// state after step lengths[b] - 1. `allow_tf32` (float32 only): the recurrent product may run on
+// tf32 tensor cores (torch.backends.cuda.matmul.allow_tf32); otherwise it is exact FMA.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,7 @@ struct RecurrenceShape {
 struct RnnForwardParams {
   DType dtype;
   RecurrenceShape shape;
+  bool allow_tf32;
   bool relu;
   const void* xw;          // [T, B, H]
   const void* w_hh;        // [H, H]
@@ -39,6 +41,7 @@ struct RnnForwardParams {
 struct RnnBackwardParams {
   DType dtype;
   RecurrenceShape shape;
+  bool allow_tf32;
   bool relu;
   const void* grad_hs;     // [T, B, H]
   const void* grad_h_n;    // [B, H]
@@ -54,6 +57,7 @@ struct RnnBackwardParams {
 struct LstmForwardParams {
   DType dtype;
   RecurrenceShape shape;
+  bool allow_tf32;
   const void* xw;          // [T, B, 4H]
   const void* w_hh;        // [4H, P]
   const void* w_hr;        // [P, H] or null
@@ -70,6 +74,7 @@ struct LstmForwardParams {
 struct LstmBackwardParams {
   DType dtype;
   RecurrenceShape shape;
+  bool allow_tf32;
   const void* grad_hs;     // [T, B, P]
   const void* grad_h_n;    // [B, P]
   const void* grad_c_n;    // [B, H]
@@ -91,6 +96,7 @@ struct LstmBackwardParams {
 struct GruForwardParams {
   DType dtype;
   RecurrenceShape shape;
+  bool allow_tf32;
   const void* xw;          // [T, B, 3H]
   const void* w_hh;        // [3H, H]
   const void* b_hn;        // [H] or null
@@ -104,6 +110,7 @@ struct GruForwardParams {
 struct GruBackwardParams {
   DType dtype;
   RecurrenceShape shape;
+  bool allow_tf32;
   const void* grad_hs;     // [T, B, H]
   const void* grad_h_n;    // [B, H]
   const void* w_hh;        // [3H, H]

@@ -1,4 +1,9 @@
-"""`fused-rnn bench`: run a sweep on each device, print the table, store the rows and the plots."""
+"""`fused-rnn bench`: run a sweep on each device, print each point's table as it is measured (a
+progress bar with an ETA on stderr), then the summary of the run and where the CSV and plots went.
+
+A run writes to a folder of its own (results.run_dir, outside the tracked files) unless `save` asks
+to update the committed results (benchmarks/results/) or `csv_path` names a file.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,16 @@ from typing import Optional
 import torch
 
 from .plots import plot_results
+from .progress import Progress
 from .registry import PROVIDERS, QUICK_PROVIDERS, check_providers
-from .report import format_table
-from .results import default_results_dir, environment, make_row, read_rows, write_rows
+from .report import format_summary, format_table
+from .results import default_results_dir, environment, is_busy, make_row, read_rows, run_dir, write_rows
 from .runner import ERROR, FAILED, MEASURED, Sweep, run_sweep
 from .shapes import FULL_SWEEPS, MODES, OPS, Point, check_ops, parse_shape, quick_sweep, select_points, shape_fits_op
 from .timing import Budget
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-QUICK_BUDGET = Budget(min_calls=5, max_calls=30, seconds=1.5)
+QUICK_BUDGET = Budget(min_calls=3, max_calls=30, seconds=1.0)
 FULL_BUDGET = Budget(min_calls=10, max_calls=100, seconds=4.0)
 
 
@@ -36,8 +42,9 @@ def default_dtypes(device_type: str, quick: bool) -> list[torch.dtype]:
 def busy_warning() -> Optional[str]:
     """A warning when other processes keep the CPU busy (CPU timings then mean little)."""
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores:
-        return f"warning: the CPU is busy (load {load:.1f} on {cores} cores); CPU timings will be unreliable"
+    if is_busy(load):
+        return (f"warning: the CPU is busy (load {load:.1f} on {cores} cores); CPU timings will be unreliable "
+                "and rows measured so are marked busy")
     return None
 
 
@@ -59,6 +66,19 @@ def points_for(device_type: str, quick: bool, ops: list[str], sweeps: list[str],
     return select_points(sweeps, ops)
 
 
+def output_paths(device_type: str, csv_path: Optional[str], plot_dir: Optional[str], save: bool,
+                 run_folder: Optional[Path]) -> tuple[Path, Path]:
+    """(CSV, plot folder) of one device: `csv_path` if given; the committed results with `save`;
+    else the run's own folder."""
+    if csv_path:
+        path = Path(csv_path)
+    elif save:
+        path = default_results_dir() / f"{device_type}.csv"
+    else:
+        path = run_folder / f"{device_type}.csv"
+    return path, Path(plot_dir) if plot_dir else path.parent / "plots"
+
+
 def run_bench(
     quick: bool = False,
     ops: Optional[list[str]] = None,
@@ -70,6 +90,7 @@ def run_bench(
     providers: Optional[list[str]] = None,
     dtypes: Optional[list[str]] = None,
     modes: Optional[list[str]] = None,
+    save: bool = False,
 ) -> int:
     """Run, print and store; 0 when every runnable provider passed its check and ran, else 1."""
     ops = check_ops(ops or [])
@@ -78,15 +99,12 @@ def run_bench(
     if any(mode not in MODES for mode in modes):
         raise ValueError(f"mode must be one of {list(MODES)}, got {modes}")
     devices = devices or available_devices()
-    results_dir = default_results_dir()
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
+    run_folder = None if (csv_path or save) else run_dir()
     status = 0
     for device_type in devices:
-        if device_type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here")
         device = torch.device(device_type)
-        warning = busy_warning() if device_type == "cpu" else None
-        if warning:
-            print(warning, file=sys.stderr)
         sweep = Sweep(
             device=device,
             points=points_for(device_type, quick, ops, sweeps or [], shapes or []),
@@ -95,24 +113,31 @@ def run_bench(
             providers=providers or list(QUICK_PROVIDERS[device_type] if quick else PROVIDERS),
             budget=QUICK_BUDGET if quick else FULL_BUDGET,
         )
-        print(f"fused-rnn bench on {device_type}: {len(sweep.points)} points, {sweep.size()} measurements", flush=True)
         env = environment(device)
-        path = Path(csv_path) if csv_path else results_dir / f"{device_type}.csv"
+        path, plots_folder = output_paths(device_type, csv_path, plot_dir, save, run_folder)
+        print(f"fused-rnn bench on {device_type} ({env['device']}): {len(sweep.points)} points, "
+              f"{sweep.size()} measurements; results to {path}", flush=True)
+        warning = busy_warning() if device_type == "cpu" else None
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        progress = Progress(sweep.size())
         written: list[dict[str, str]] = []
 
-        def store(point_outcomes) -> None:
+        def store(point_outcomes, progress=progress, env=env, path=path, written=written) -> None:
             rows = [
-                make_row(o.op, o.provider, o.mode, o.shape, o.dtype, o.timing, o.peak_mib, env)
+                make_row(o.op, o.provider, o.mode, o.shape, o.dtype, o.timing, o.peak_mib, env, o.load)
                 for o in point_outcomes
                 if o.status == MEASURED
             ]
             write_rows(path, rows)
             written.extend(rows)
+            progress.print(format_table(point_outcomes, device_type))
 
-        outcomes = run_sweep(sweep, on_point=store)
-        print(format_table(outcomes, device_type), flush=True)
-        print(f"wrote {len(written)} rows to {path}")
-        plots = plot_results(read_rows(path), env["device"], device_type, Path(plot_dir) if plot_dir else path.parent / "plots")
+        outcomes = run_sweep(sweep, progress=progress, on_point=store)
+        print(f"\nSummary on {device_type} ({env['device']}):", flush=True)
+        print(format_summary(outcomes, device_type))
+        print(f"\nwrote {len(written)} rows to {path}")
+        plots = plot_results(read_rows(path), env["device"], device_type, plots_folder)
         for plot in plots:
             print(f"wrote {plot}")
         broken = [o for o in outcomes if o.status in (FAILED, ERROR)]

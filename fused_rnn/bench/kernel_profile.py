@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .shapes import RecurrentShape
+from .timing import native_output_silenced
 
 GROUPS = ("input GEMM", "forward recurrence", "backward recurrence", "weight-gradient GEMMs", "other")
 GEMM_OPS = (
@@ -149,7 +150,7 @@ def profile_layer(
     forward_backward()
     on_device = device_obj.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with native_output_silenced(), profile(activities=activities, record_shapes=True) as prof:
         for _ in range(iterations):
             forward_backward()
         if on_device:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .. import backends
-from ..packing import padded_from_packed
+from ..packing import packing_of, padded_from_packed
 from . import attention
 from .base import Built, Provider, cast
 from .shapes import ATTENTION_OPS, RECURRENT_OPS, PackedShape, RecurrentShape, StepwiseShape
@@ -47,9 +47,9 @@ def _packed_run(module: nn.Module, shape: PackedShape) -> Callable[[Tensor], Ten
 
     def run(x: Tensor) -> Tensor:
         output = module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
-        padded, _ = padded_from_packed(output.data, output.batch_sizes)
-        padded = padded.index_select(1, output.unsorted_indices.to(x.device))
-        return F.pad(padded, (0, 0, 0, 0, 0, shape.steps - padded.shape[0]))  # to T steps
+        packing = packing_of(output.data, output.batch_sizes, shape.batch)
+        padded = padded_from_packed(output.data, packing, shape.steps)
+        return padded.index_select(1, output.unsorted_indices.to(x.device))
 
     return run
 
@@ -114,6 +114,10 @@ class FusedProvider(Provider):
         if self.name == "reference" and device.type == "cpu" and isinstance(shape, RecurrentShape):
             if shape.steps * shape.batch * shape.hidden > REFERENCE_CPU_LIMIT:
                 return f"the reference loop is timed on the CPU only up to T*B*H = {REFERENCE_CPU_LIMIT}"
+        if op in ATTENTION_OPS:
+            from ..attention_ops import attention_unavailable_reason
+
+            return attention_unavailable_reason(self.name, device)
         return backends.unavailable_reason(self.name, device)
 
     def build(self, op, shape, weights, dtype, device) -> Built:

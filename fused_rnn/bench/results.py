@@ -1,8 +1,15 @@
-"""The results store: CSV files with one row per measurement.
+"""The results store: CSV files with one row per measurement, and where a run puts them.
 
 Columns (exactly): op, provider, mode, shape, dtype, median_ms, p20_ms, p80_ms, peak_mem_mib,
-device, torch, triton, cuda, commit, date. A row's key is (op, provider, mode, shape, dtype,
-device): writing a row replaces the stored row with the same key, so re-running a sweep updates it.
+device, torch, triton, cuda, commit, date, load, busy. `load` is the 1-minute load average when
+the row was measured and `busy` is "yes" when it exceeded the number of cores (other work was
+running: the timing is unreliable). Files written before those two columns existed read with
+them empty. A row's key is (op, provider, mode, shape, dtype, device): writing a row replaces the
+stored row with the same key, so re-running a sweep updates it.
+
+A run writes to a folder of its own (`run_dir`): runs/<UTC time>/ under benchmarks/ in a source
+checkout (git-ignored), else under ./fused_rnn_results/. `fused-rnn bench --save` writes to the
+committed benchmarks/results/ instead.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from .timing import Timing
 
 COLUMNS = (
     "op", "provider", "mode", "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "peak_mem_mib",
-    "device", "torch", "triton", "cuda", "commit", "date",
+    "device", "torch", "triton", "cuda", "commit", "date", "load", "busy",
 )
+_ADDED_COLUMNS = ("load", "busy")  # absent from files written before them
 KEY = ("op", "provider", "mode", "shape", "dtype", "device")
 
 Row = dict[str, str]
@@ -31,10 +39,23 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def default_results_dir() -> Path:
-    """benchmarks/results of the source checkout fused_rnn runs from, else ./fused_rnn_results."""
+    """benchmarks/results of the source checkout fused_rnn runs from (the committed results),
+    else ./fused_rnn_results."""
     if (REPOSITORY / "benchmarks").is_dir():
         return REPOSITORY / "benchmarks" / "results"
     return Path.cwd() / "fused_rnn_results"
+
+
+def run_dir(now: Optional[datetime.datetime] = None) -> Path:
+    """A new folder for one run's CSV and plots, outside the tracked files: benchmarks/runs/<UTC
+    time> in a source checkout (git-ignored), else ./fused_rnn_results/runs/<UTC time>."""
+    stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    parent = REPOSITORY / "benchmarks" / "runs" if (REPOSITORY / "benchmarks").is_dir() else Path.cwd() / "fused_rnn_results" / "runs"
+    path, suffix = parent / stamp, 1
+    while path.exists():
+        suffix += 1
+        path = parent / f"{stamp}-{suffix}"
+    return path
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -97,7 +118,7 @@ def environment(device: torch.device) -> Row:
 
 def make_row(
     op: str, provider: str, mode: str, shape: Shape, dtype: torch.dtype,
-    timing: Timing, peak_mib: Optional[float], env: Row,
+    timing: Timing, peak_mib: Optional[float], env: Row, load: Optional[float] = None,
 ) -> Row:
     row = {
         "op": op,
@@ -111,7 +132,14 @@ def make_row(
         "peak_mem_mib": "" if peak_mib is None else f"{peak_mib:.1f}",
     }
     row.update(env)
+    row["load"] = "" if load is None else f"{load:.2f}"
+    row["busy"] = "yes" if is_busy(load) else ""
     return row
+
+
+def is_busy(load: Optional[float]) -> bool:
+    """Whether a 1-minute load average means other work competed for the cores."""
+    return load is not None and load > (os.cpu_count() or 1)
 
 
 def row_key(row: Row) -> tuple[str, ...]:
@@ -124,9 +152,10 @@ def read_rows(path: Path) -> list[Row]:
         return []
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
+        columns = tuple(reader.fieldnames or ())
+        if columns not in (COLUMNS, COLUMNS[: -len(_ADDED_COLUMNS)]):
             raise ValueError(f"{path} has columns {reader.fieldnames}, expected {list(COLUMNS)}")
-        return list(reader)
+        return [{**dict.fromkeys(_ADDED_COLUMNS, ""), **row} for row in reader]
 
 
 def merge_rows(existing: Iterable[Row], new: Iterable[Row]) -> list[Row]:

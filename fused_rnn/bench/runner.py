@@ -3,6 +3,7 @@ truth and time those that pass."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -11,6 +12,7 @@ import torch
 from .base import Built
 from .progress import Progress
 from .registry import PROVIDERS
+from .results import is_busy
 from .shapes import Point
 from .timing import Budget, Timing, peak_memory_mib, time_cuda, time_interleaved
 from .verify import GroundTruth
@@ -33,6 +35,12 @@ class Outcome:
     reason: str = ""
     timing: Optional[Timing] = None
     peak_mib: Optional[float] = None
+    load: Optional[float] = None  # the 1-minute load average when it was measured
+
+    @property
+    def busy(self) -> bool:
+        """Measured while other work kept more threads runnable than the machine has cores."""
+        return is_busy(self.load)
 
 
 @dataclass
@@ -141,11 +149,13 @@ def _run_mode(sweep, truth, built, inputs, grad_output, mode, outcome) -> list[O
             results.append(outcome(mode, name, FAILED, str(check)))
             continue
         steps[name] = _step(instance, inputs, mode, grad_output)
-    for name, (timing, peak, error) in _measure(steps, device, sweep.budget).items():
+    measured = _measure(steps, device, sweep.budget)
+    load = os.getloadavg()[0]
+    for name, (timing, peak, error) in measured.items():
         if error is not None:
             results.append(outcome(mode, name, _status_of(error), _first_line(error)))
         else:
-            results.append(outcome(mode, name, MEASURED, timing=timing, peak_mib=peak))
+            results.append(outcome(mode, name, MEASURED, timing=timing, peak_mib=peak, load=load))
     return results
 
 

@@ -11,8 +11,10 @@ caching allocator's statistics, on the CPU from torch.profiler's memory events.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -105,11 +107,30 @@ def peak_memory_mib(step: Step, device: torch.device) -> Optional[float]:
     return None
 
 
+@contextlib.contextmanager
+def native_output_silenced():
+    """File descriptors 1 and 2 sent to /dev/null: the profiler's C++ side logs each start and stop
+    there ("USDT: ... profiler_start"), around Python's own buffered output."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _cpu_peak_bytes(step: Step) -> int:
     """Peak of the running total of CPU allocations minus frees that torch.profiler records."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_output_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "trace.json")
