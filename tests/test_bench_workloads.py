@@ -93,3 +93,26 @@ def test_providers_pass_the_check_on_every_workload(provider, op, text):
 def test_plain_layer_providers_decline_other_workloads(text):
     reason = PROVIDERS["eager-loop"].unavailable_reason("lstm", parse_shape(text), torch.float32, CPU)
     assert reason and "one layer over a padded batch" in reason
+
+
+def test_floor_rows_pair_providers_and_scale_by_the_gemm_rate(tmp_path):
+    from fused_rnn.bench.cpu_floor import floor_rows
+
+    path = tmp_path / "cpu.csv"
+    header = "op,provider,mode,shape,dtype,median_ms,load\n"
+    rows = [
+        "lstm,torch-cpu,forward,B16-T256-I256-H256,float32,20.0,1.5",
+        "lstm,native,forward,B16-T256-I256-H256,float32,10.0,1.7",
+        "lstm,native,forward,B16-T256-I256-H256,float64,10.0,1.7",
+        "lstm,torch-cpu,forward,B16-T256-I256-H256,float64,30.0,1.7",
+        "gru,native,forward,B16-T256-I256-H256,float32,9.0,1.2",  # no torch.nn row: left out
+    ]
+    path.write_text(header + "\n".join(rows) + "\n")
+    table = floor_rows(str(path), rate=100.0)
+    assert [(r["op"], r["dtype"]) for r in table] == [("lstm", "float32"), ("lstm", "float64")]
+    f32, f64 = table
+    floor_ms = flops("lstm", RecurrentShape(16, 256, 256, 256), "forward") / 100e9 * 1e3
+    assert f32["ratio"] == 0.5 and f32["load"] == "1.7"
+    assert f32["native_floor"] == pytest.approx(100 * floor_ms / 10.0)
+    assert f32["torch_floor"] == pytest.approx(100 * floor_ms / 20.0)
+    assert f64["native_floor"] == pytest.approx(100 * 2 * floor_ms / 10.0)  # float64 at half the rate

@@ -308,3 +308,21 @@ def test_ops_trace_under_dynamo_after_eager_calls():
     compiled = torch.compile(lambda v: call_forward("gru", {**x, "xw": v}, None), fullgraph=True)(x["xw"])
     for got, want in zip(compiled, eager):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_recurrent_weight_grad_runs_one_gemm_per_nonempty_product(steps):
+    """sum_t d_gates[t]^T h[t-1]: a single step (a decoder called once per step) is one GEMM
+    against h0, not also a GEMM over empty operands that copies the [G, P] gradient; more steps add
+    one GEMM over the rest."""
+    generator = torch.Generator().manual_seed(7)
+    d_gates = torch.randn(steps, 5, 12, generator=generator, dtype=torch.float64)
+    h0 = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    hs = torch.randn(steps, 5, 3, generator=generator, dtype=torch.float64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = ops.recurrent_weight_grad(d_gates, h0, hs, "reference")
+    gemms = [e for e in prof.events() if e.name == "fused_rnn::linear"]
+    assert len(gemms) == (1 if steps == 1 else 2)
+    previous = torch.cat([h0.unsqueeze(0), hs[:-1]])
+    want = torch.einsum("tbg,tbp->gp", d_gates, previous)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
