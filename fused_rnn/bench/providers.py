@@ -10,6 +10,7 @@ module or a cell (StepwiseShape).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -40,16 +41,16 @@ def _load_module(module: nn.Module, weights: Weights, dtype: torch.dtype, device
 
 
 def _packed_run(module: nn.Module, shape: PackedShape) -> Callable[[Tensor], Tensor]:
-    """x [T, B, I] packed with the point's lengths -> module's output padded to [T, B, H] in the
-    rows' own order. The output is padded by one scatter, the same for every provider (not
-    pad_packed_sequence, whose backward copies the whole output once per distinct length)."""
-    lengths = packed_lengths(shape)
+    """x [T, B, I] packed with the (sorted) lengths of the point at T steps (the full point's or
+    its check version's) -> module's output padded to [T, B, H]. The output is padded by one
+    scatter, the same for every provider (not pad_packed_sequence, whose backward copies the whole
+    output once per distinct length)."""
 
     def run(x: Tensor) -> Tensor:
-        output = module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
+        steps = x.shape[0]
+        output = module(pack_padded_sequence(x, packed_lengths(replace(shape, steps=steps))))[0]
         packing = packing_of(output.data, output.batch_sizes, shape.batch)
-        padded = padded_from_packed(output.data, packing, shape.steps)
-        return padded.index_select(1, output.unsorted_indices.to(x.device))
+        return padded_from_packed(output.data, packing, steps)
 
     return run
 

@@ -76,8 +76,10 @@ class AttentionShape:
 @dataclass(frozen=True)
 class PackedShape(RecurrentShape):
     """One layer over a PackedSequence of `batch` rows whose lengths are drawn uniformly from
-    [ceil(T/4), T] (workloads.packed_lengths), in no particular order; the output is padded back to
-    [T, B, H] (zeros past each length)."""
+    [ceil(T/4), T] (workloads.packed_lengths), sorted by decreasing length (a PackedSequence's
+    order: the input's packing permutes no rows, whose backward on the CPU, an index_add_ across
+    the batch dimension, costs more than the recurrence); the output is padded back to [T, B, H]
+    (zeros past each length)."""
 
     def __str__(self) -> str:
         return f"{super().__str__()}-packed"

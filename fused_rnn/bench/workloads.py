@@ -77,10 +77,12 @@ def make_inputs(
 
 
 def packed_lengths(shape: PackedShape, seed: int = 3) -> Tensor:
-    """The row lengths of a packed point: [B] int64 drawn uniformly from [ceil(T/4), T], in no
-    particular order (the same for every provider and dtype)."""
+    """The row lengths of a packed point: [B] int64 drawn uniformly from [ceil(T/4), T], sorted
+    by decreasing length as a PackedSequence holds its rows, so that packing the point's input
+    permutes no rows (the same for every provider and dtype)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint((shape.steps + 3) // 4, shape.steps + 1, (shape.batch,), generator=generator)
+    lengths = torch.randint((shape.steps + 3) // 4, shape.steps + 1, (shape.batch,), generator=generator)
+    return lengths.sort(descending=True).values
 
 
 def output_sizes(shape: Shape) -> tuple[int, ...]:
