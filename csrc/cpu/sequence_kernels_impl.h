@@ -600,6 +600,9 @@ constexpr int64_t kRowSplitRowsPerMember = 16;
 template <typename acc_t, size_t kStages>
 void run_sequence(std::array<Stage<acc_t>, kStages>& stages, int64_t batch, int64_t steps,
                   bool backward) {
+  if (batch == 0) {
+    return;  // an empty batch (torch.nn runs one): no row to compute, and no block to split
+  }
   const c10::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
   const int64_t count = backward ? steps + 1 : steps;
   const auto step_at = [&](int64_t i) { return backward ? steps - 1 - i : i; };
