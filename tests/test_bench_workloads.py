@@ -114,7 +114,7 @@ def test_floor_rows_pair_providers_and_scale_by_the_gemm_rate(tmp_path):
     assert [(r["op"], r["dtype"]) for r in table] == [("lstm", "float32"), ("lstm", "float64")]
     f32, f64 = table
     floor_ms = flops("lstm", RecurrentShape(16, 256, 256, 256), "forward") / 100e9 * 1e3
-    assert f32["ratio"] == 0.5 and f32["load"] == "1.7"
+    assert f32["ratio"] == 0.5 and f32["load"] == "1.7" and f32["goal"] == 1.0 and f32["own_padded"] is None
     assert f32["native_floor"] == pytest.approx(100 * floor_ms / 10.0)
     assert f32["torch_floor"] == pytest.approx(100 * floor_ms / 20.0)
     assert f64["native_floor"] == pytest.approx(100 * 2 * floor_ms / 10.0)  # float64 at half the rate
