@@ -5,8 +5,8 @@
 
 #include <string>
 
-#include "cpu/cell_steps.h"
-#include "cpu/step_gemm.h"
+#include "cpu/gemm.h"
+#include "cpu/sequence_kernels.h"
 #ifdef FUSED_RNN_WITH_CUDA
 #include "cuda/build_info.h"
 #endif
@@ -46,8 +46,8 @@ pybind11::dict build_info() {
                           std::to_string(TORCH_VERSION_MINOR) + "." +
                           std::to_string(TORCH_VERSION_PATCH);
   info["compiler"] = compiler();
-  info["cpu_kernels"] = fused_rnn::cpu::cell_step_kernels().capability;
-  info["cpu_gemm"] = fused_rnn::cpu::mkl_packed_gemm_available() ? "mkl-packed" : "aten";
+  info["cpu_kernels"] = fused_rnn::cpu::sequence_kernels().capability;
+  info["cpu_gemm"] = fused_rnn::cpu::onednn_gemm_available() ? "onednn" : "aten";
 #ifdef FUSED_RNN_WITH_CUDA
   info["with_cuda"] = true;
   const int runtime = fused_rnn::cuda::compiled_runtime_version();
@@ -66,8 +66,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fused_rnn's native backend: C++/CUDA recurrence ops (torch.ops.fused_rnn.native_*)";
   m.def("build_info", &build_info,
         "How this extension was built: torch_version (built against), compiler, cpu_kernels "
-        "(the vector ISA of the CPU step kernels chosen for this machine), cpu_gemm (mkl-packed: "
-        "the CPU step loops pack float32 weights once for MKL's packed GEMM; aten: at::mm), "
+        "(the vector ISA of the CPU sequence kernels chosen for this machine), cpu_gemm (onednn: "
+        "float32 GEMMs outside the step loops run through PyTorch's oneDNN; aten: at::mm), "
         "with_cuda, "
         "cuda_version, cuda_archs (compute capabilities compiled for).");
 }

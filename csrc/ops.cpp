@@ -47,6 +47,9 @@ TORCH_LIBRARY(fused_rnn, m) {
       "native_gru_inference(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0, Tensor? lengths)"
       " -> (Tensor hs, Tensor h_n)");
 
+  // The GEMMs outside the step loops: y = x @ w^T + b, x [M, K], w [N, K], b [N] or [M, N].
+  m.def("native_linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
+
   // Attention scoring (fused_rnn/reference.py, section "attention"): scores -> mask by key_lengths
   // [B] (int64 in [1, Tk]) -> softmax -> weighted sum of values. additive: score = v . tanh(pq_i +
   // pk_j), pq [B, Tq, A], pk [B, Tk, A], v [A]; dot: score = scale * query_i . keys_j. lse [B, Tq] is

@@ -44,17 +44,27 @@ def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, index.unsqueeze(2).expand_as(x))
 
 
-def input_projection(mode: str, x: Tensor, w: LayerWeights) -> Tuple[Tensor, Optional[Tensor]]:
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
+    """F.linear(x, w, b), through the backend's own GEMM where it has one (ops.project); TorchScript
+    runs F.linear."""
+    if torch.jit.is_scripting():
+        return F.linear(x, w, b)
+    return ops.project(x, w, b, backend)
+
+
+def input_projection(
+    mode: str, x: Tensor, w: LayerWeights, backend: str = "reference"
+) -> Tuple[Tensor, Optional[Tensor]]:
     """xw [T, B, G*H] with every bias outside the recurrence folded in, and GRU's b_hn [H]."""
     b_ih, b_hh = w.b_ih, w.b_hh
     if b_ih is None or b_hh is None:
-        return F.linear(x, w.w_ih), None
+        return _linear(x, w.w_ih, None, backend), None
     if mode != "GRU":
-        return F.linear(x, w.w_ih, b_ih + b_hh), None
+        return _linear(x, w.w_ih, b_ih + b_hh, backend), None
     hidden = w.w_hh.size(1)
     b_hn = b_hh[2 * hidden :]
     folded = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
-    return F.linear(x, w.w_ih, folded), b_hn
+    return _linear(x, w.w_ih, folded, backend), b_hn
 
 
 def needs_grad(tensors: List[Optional[Tensor]]) -> bool:
@@ -123,7 +133,7 @@ def run_direction(
     """One layer in one direction over x [T, B, I] -> out [T, B, P], h_n [B, P], c_n [B, H]|None."""
     if reverse:
         x = reverse_padded(x, lengths)
-    xw, b_hn = input_projection(mode, x, w)
+    xw, b_hn = input_projection(mode, x, w, backend)
     out, h_n, c_n = recurrence(mode, xw, w, b_hn, h0, c0, lengths, backend)
     if reverse:
         out = reverse_padded(out, lengths)

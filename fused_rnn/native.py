@@ -212,6 +212,14 @@ def gru_backward(
     )
 
 
+def linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """x [M, K] @ w [N, K]^T + b ([N], [M, N] or None) -> [M, N]: on the CPU the C++ GEMM
+    (oneDNN for float32, see csrc/cpu/gemm.h), elsewhere torch's."""
+    if x.device.type != "cpu":
+        return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+    return _native_ops().native_linear(x, w, b)
+
+
 # ----------------------------------------------------------------------------------------------
 # Fake functions of the C++ ops. The forward ops have the fake functions of the matching
 # fused_rnn::*_forward ops (called on the fake tensors); the backward ops' outputs have the shapes
@@ -254,6 +262,10 @@ def _register_fakes() -> None:
     @register("fused_rnn::native_gru_backward")
     def _(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates):
         return gates.new_empty(*hs.shape[:2], 3 * hs.shape[2]), torch.empty_like(hs), torch.empty_like(h0)
+
+    @register("fused_rnn::native_linear")
+    def _(x, w, b):
+        return ops.linear(x, w, b, "native")
 
 
 if _C is not None:

@@ -2,7 +2,10 @@
 
 One op per cell and direction of differentiation, shared by every backend; the `backend` argument
 names the implementation (see `fused_rnn.backends`; "auto" picks one for the device of the inputs
-when the op runs), which receives contiguous, validated inputs.
+when the op runs), which receives contiguous, validated inputs. The ops are defined with
+`fused_rnn.op_library.define_op` (torch.library's define, impl, register_fake and register_autograd:
+custom_op's registration without its import of torch._dynamo on the first eager call); each name
+below is the op's OpOverload.
 
     fused_rnn::rnn_forward   (xw, w_hh, h0, lengths, relu, backend)       -> hs, h_n
     fused_rnn::lstm_forward  (xw, w_hh, w_hr, h0, c0, lengths, backend)   -> hs, h_n, c_n, cs, gates
@@ -11,6 +14,10 @@ when the op runs), which receives contiguous, validated inputs.
     fused_rnn::lstm_inference, fused_rnn::gru_inference
                              the forward ops without the tensors saved for backward (cs, gates):
                              -> hs, h_n, c_n and hs, h_n; not differentiable
+
+    fused_rnn::linear        (x, w, b, backend)                           -> x @ w^T + b
+                             the GEMMs around the recurrence: the input projection of every
+                             step and the gradients of the inputs and the weights
 
 The inference ops are what a forward pass runs when no gradient is needed (fused_rnn.functional).
 A backend may implement them (`lstm_inference`, `gru_inference`) to skip writing the saved tensors;
@@ -27,10 +34,12 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference
-from .backends import get_backend
+from .backends import constant_when_traced, get_backend
+from .op_library import call_unrecorded, define_op
 
 # ----------------------------------------------------------------------------------------------
 # Validation shared by the real and the fake implementations.
@@ -135,7 +144,7 @@ def contiguous(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fused_rnn::rnn_forward", mutates_args=())
+@define_op("fused_rnn::rnn_forward")
 def rnn_forward(
     xw: Tensor, w_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], relu: bool, backend: str
 ) -> tuple[Tensor, Tensor]:
@@ -144,13 +153,13 @@ def rnn_forward(
     return get_backend(backend, xw.device).rnn_forward(*contiguous(xw, w_hh, h0, lengths), relu)
 
 
-@rnn_forward.register_fake
+@torch.library.register_fake(rnn_forward)
 def _(xw, w_hh, h0, lengths, relu, backend):
     check_rnn_args(xw, w_hh, h0, lengths)
     return torch.empty_like(xw), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fused_rnn::rnn_backward", mutates_args=())
+@define_op("fused_rnn::rnn_backward")
 def rnn_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -168,12 +177,12 @@ def rnn_backward(
     return get_backend(backend, xw.device).rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
 
 
-@rnn_backward.register_fake
+@torch.library.register_fake(rnn_backward)
 def _(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, relu, backend):
     return torch.empty_like(xw), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fused_rnn::lstm_forward", mutates_args=())
+@define_op("fused_rnn::lstm_forward")
 def lstm_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -188,7 +197,7 @@ def lstm_forward(
     return get_backend(backend, xw.device).lstm_forward(*contiguous(xw, w_hh, w_hr, h0, c0, lengths))
 
 
-@lstm_forward.register_fake
+@torch.library.register_fake(lstm_forward)
 def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     steps, batch = xw.shape[:2]
@@ -202,7 +211,7 @@ def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     )
 
 
-@torch.library.custom_op("fused_rnn::lstm_backward", mutates_args=())
+@define_op("fused_rnn::lstm_backward")
 def lstm_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -223,13 +232,13 @@ def lstm_backward(
     return get_backend(backend, xw.device).lstm_backward(*args)
 
 
-@lstm_backward.register_fake
+@torch.library.register_fake(lstm_backward)
 def _(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, backend):
     dw_hr = xw.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
     return torch.empty_like(xw), torch.empty_like(h0), torch.empty_like(c0), dw_hr
 
 
-@torch.library.custom_op("fused_rnn::gru_forward", mutates_args=())
+@define_op("fused_rnn::gru_forward")
 def gru_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -243,7 +252,7 @@ def gru_forward(
     return get_backend(backend, xw.device).gru_forward(*contiguous(xw, w_hh, b_hn, h0, lengths))
 
 
-@gru_forward.register_fake
+@torch.library.register_fake(gru_forward)
 def _(xw, w_hh, b_hn, h0, lengths, backend):
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     steps, batch, hidden = xw.shape[0], xw.shape[1], h0.shape[1]
@@ -254,7 +263,7 @@ def _(xw, w_hh, b_hn, h0, lengths, backend):
     )
 
 
-@torch.library.custom_op("fused_rnn::gru_backward", mutates_args=())
+@define_op("fused_rnn::gru_backward")
 def gru_backward(
     grad_hs: Tensor,
     grad_h_n: Tensor,
@@ -272,7 +281,7 @@ def gru_backward(
     return get_backend(backend, xw.device).gru_backward(*args)
 
 
-@gru_backward.register_fake
+@torch.library.register_fake(gru_backward)
 def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
     return torch.empty_like(xw), torch.empty_like(hs), torch.empty_like(h0)
 
@@ -287,7 +296,7 @@ def _run_inference(backend: str, family: str, args: list, outputs: int) -> tuple
     return getattr(implementation, f"{family}_forward")(*args)[:outputs]
 
 
-@torch.library.custom_op("fused_rnn::lstm_inference", mutates_args=())
+@define_op("fused_rnn::lstm_inference")
 def lstm_inference(
     xw: Tensor,
     w_hh: Tensor,
@@ -303,13 +312,13 @@ def lstm_inference(
     return _run_inference(backend, "lstm", contiguous(xw, w_hh, w_hr, h0, c0, lengths), outputs=3)
 
 
-@lstm_inference.register_fake
+@torch.library.register_fake(lstm_inference)
 def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
 
 
-@torch.library.custom_op("fused_rnn::gru_inference", mutates_args=())
+@define_op("fused_rnn::gru_inference")
 def gru_inference(
     xw: Tensor,
     w_hh: Tensor,
@@ -324,10 +333,82 @@ def gru_inference(
     return _run_inference(backend, "gru", contiguous(xw, w_hh, b_hn, h0, lengths), outputs=2)
 
 
-@gru_inference.register_fake
+@torch.library.register_fake(gru_inference)
 def _(xw, w_hh, b_hn, h0, lengths, backend):
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GEMMs around the recurrence.
+# ----------------------------------------------------------------------------------------------
+
+
+@define_op("fused_rnn::linear")
+def linear(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
+    """x [M, K] @ w [N, K]^T + b ([N], [M, N] or None) -> [M, N], operands of any strides, through
+    the backend's `linear` where it has one (the native one runs oneDNN on the CPU), else torch's
+    GEMM. Differentiable to every order: its gradients are products of this op."""
+    implementation = getattr(get_backend(backend, x.device), "linear", None)
+    if implementation is not None:
+        return implementation(x, w, b)
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
+@torch.library.register_fake(linear)
+def _(x, w, b, backend):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, w, b, backend = inputs
+    ctx.save_for_backward(x, w)
+    ctx.bias_is_vector = b is not None and b.dim() == 1
+    ctx.backend = backend
+
+
+def _linear_grad(ctx, grad):
+    x, w = ctx.saved_tensors
+    dx = call_unrecorded(linear, grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
+    dw = call_unrecorded(linear, grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
+    db = None
+    if ctx.needs_input_grad[2]:
+        db = grad.sum(0) if ctx.bias_is_vector else grad
+    return dx, dw, db, None
+
+
+torch.library.register_autograd(linear, _linear_grad, setup_context=_linear_setup_context)
+
+
+@constant_when_traced
+def has_own_cpu_gemm(backend: str) -> bool:
+    """Whether `backend` ("auto" or a name) implements `linear`, the GEMMs around its recurrence, on
+    the CPU."""
+    return hasattr(get_backend(backend, "cpu"), "linear")
+
+
+def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
+    """F.linear(x, w, b) for x [..., K], w [N, K], b [N] or None -> [..., N]: on the CPU the `linear`
+    op for a backend with its own GEMM; elsewhere, for other backends and under autocast (which
+    casts F.linear) F.linear."""
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not has_own_cpu_gemm(backend):
+        return F.linear(x, w, b)
+    return linear(x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
+
+
+def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str = "reference") -> Tensor:
+    """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
+
+    Two GEMMs over views (step 0 against h0, steps 1.. added to it against hs[:-1]); no copy of hs
+    nor of d_gates (a slice of the last dimension of a contiguous tensor is a view). A single step
+    (a decoder called once per step) runs the first only.
+    """
+    first = call_unrecorded(linear, d_gates[0].t(), h0.t(), None, backend)
+    if d_gates.shape[0] == 1:
+        return first
+    rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
+    rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
+    return call_unrecorded(linear, rest_gates.t(), rest_hidden.t(), first, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,76 +416,83 @@ def _(xw, w_hh, b_hn, h0, lengths, backend):
 # ----------------------------------------------------------------------------------------------
 
 
-def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
-    """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
-
-    Two GEMMs over views (step 0 against h0, steps 1.. against hs[:-1]); no copy of hs.
-    """
-    first = d_gates[0].t() @ h0
-    rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
-    rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
-    return torch.addmm(first, rest_gates.t(), rest_hidden)
+def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    """The gradient of an output, zeros when autograd passed none: the forward ops' contexts do
+    not materialize gradients, so that the saved cs and gates ([T, B, 4H]) get no zero tensor."""
+    return torch.zeros_like(like) if grad is None else grad
 
 
 def _rnn_setup_context(ctx, inputs, output):
     xw, w_hh, h0, lengths, relu, backend = inputs
     hs, _ = output
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(xw, w_hh, h0, lengths, hs)
     ctx.relu, ctx.backend = relu, backend
 
 
 def _rnn_grad(ctx, grad_hs, grad_h_n):
     xw, w_hh, h0, lengths, hs = ctx.saved_tensors
-    dxw, dh0 = rnn_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
-    dw_hh = recurrent_weight_grad(dxw, h0, hs) if ctx.needs_input_grad[1] else None
+    grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
+    dxw, dh0 = call_unrecorded(rnn_backward, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
+    dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, dh0, None, None, None
 
 
-rnn_forward.register_autograd(_rnn_grad, setup_context=_rnn_setup_context)
+torch.library.register_autograd(rnn_forward, _rnn_grad, setup_context=_rnn_setup_context)
 
 
 def _lstm_setup_context(ctx, inputs, output):
     xw, w_hh, w_hr, h0, c0, lengths, backend = inputs
     hs, _, _, cs, gates = output
     ctx.mark_non_differentiable(cs, gates)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
     ctx.backend = backend
 
 
 def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
     xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
-    dxw, dh0, dc0, dw_hr = lstm_backward(
-        grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
+    grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
+    dxw, dh0, dc0, dw_hr = call_unrecorded(
+        lstm_backward, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
     )
-    dw_hh = recurrent_weight_grad(dxw, h0, hs) if ctx.needs_input_grad[1] else None
+    dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
     return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
 
 
-lstm_forward.register_autograd(_lstm_grad, setup_context=_lstm_setup_context)
+torch.library.register_autograd(lstm_forward, _lstm_grad, setup_context=_lstm_setup_context)
 
 
 def _gru_setup_context(ctx, inputs, output):
     xw, w_hh, b_hn, h0, lengths, backend = inputs
     hs, _, gates = output
     ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(xw, w_hh, b_hn, h0, lengths, hs, gates)
     ctx.backend = backend
 
 
 def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
     xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
-    dxw, d_hn, dh0 = gru_backward(
-        grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
+    grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
+    dxw, d_hn, dh0 = call_unrecorded(
+        gru_backward, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
     )
     dw_hh = None
     if ctx.needs_input_grad[1]:
-        d_hidden_gates = torch.cat([dxw[..., : 2 * h0.shape[1]], d_hn], dim=2)
-        dw_hh = recurrent_weight_grad(d_hidden_gates, h0, hs)
+        # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
+        d_reset_update = dxw[..., : 2 * h0.shape[1]]
+        dw_hh = torch.cat(
+            [
+                recurrent_weight_grad(d_reset_update, h0, hs, ctx.backend),
+                recurrent_weight_grad(d_hn, h0, hs, ctx.backend),
+            ]
+        )
     db_hn = d_hn.sum(dim=(0, 1)) if ctx.needs_input_grad[2] else None
     return dxw, dw_hh, db_hn, dh0, None, None
 
 
-gru_forward.register_autograd(_gru_grad, setup_context=_gru_setup_context)
+torch.library.register_autograd(gru_forward, _gru_grad, setup_context=_gru_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +543,7 @@ def _rnn_backward_grad(ctx, grad_dxw, grad_dh0):
     return (*grads, None, None, None, None)
 
 
-rnn_backward.register_autograd(_rnn_backward_grad, setup_context=_rnn_backward_setup_context)
+torch.library.register_autograd(rnn_backward, _rnn_backward_grad, setup_context=_rnn_backward_setup_context)
 
 
 def _lstm_backward_setup_context(ctx, inputs, output):
@@ -480,7 +568,7 @@ def _lstm_backward_grad(ctx, grad_dxw, grad_dh0, grad_dc0, grad_dw_hr):
     return (*grads, None, None, None, None, None)
 
 
-lstm_backward.register_autograd(_lstm_backward_grad, setup_context=_lstm_backward_setup_context)
+torch.library.register_autograd(lstm_backward, _lstm_backward_grad, setup_context=_lstm_backward_setup_context)
 
 
 def _gru_backward_setup_context(ctx, inputs, output):
@@ -503,4 +591,4 @@ def _gru_backward_grad(ctx, grad_dxw, grad_d_hn, grad_dh0):
     return (*grads, None, None, None, None)
 
 
-gru_backward.register_autograd(_gru_backward_grad, setup_context=_gru_backward_setup_context)
+torch.library.register_autograd(gru_backward, _gru_backward_grad, setup_context=_gru_backward_setup_context)

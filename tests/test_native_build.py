@@ -42,8 +42,8 @@ def test_build_info():
     info = native.build_info()
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert info["cpu_kernels"] in ("default", "avx2", "avx512")
-    # PyTorch built with MKL exports its packed GEMM, which the CPU step loops must then find.
-    assert info["cpu_gemm"] == ("mkl-packed" if torch.backends.mkl.is_available() else "aten")
+    # PyTorch built with oneDNN exports its matmul, which the CPU GEMMs must then find.
+    assert info["cpu_gemm"] == ("onednn" if torch.backends.mkldnn.is_available() else "aten")
     assert info["compiler"]
     assert isinstance(info["with_cuda"], bool)
     assert bool(info["cuda_archs"]) == info["with_cuda"]

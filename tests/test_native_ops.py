@@ -103,3 +103,58 @@ def test_lstm_module_compiles_with_fullgraph():
     expected_grads = torch.autograd.grad(expected.sum() + c_expected.sum(), [x, *module.parameters()])
     for grad, want in zip(grads, expected_grads):
         torch.testing.assert_close(grad, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GEMMs around the recurrence: fused_rnn::native_linear (oneDNN for float32) and the
+# differentiable fused_rnn::linear op over it
+# ---------------------------------------------------------------------------------------------
+
+
+def _linear_operands(dtype, layout: str):
+    """x [M, K] and w [N, K] at odd sizes (large enough for oneDNN to run them in float32),
+    contiguous or as transposed views of other tensors."""
+    generator = torch.Generator().manual_seed(len(layout))
+    x = torch.randn(137, 69, generator=generator, dtype=torch.float64)
+    w = torch.randn(93, 69, generator=generator, dtype=torch.float64)
+    if layout == "transposed":
+        x, w = x.t().contiguous().t(), w.t().contiguous().t()
+    if layout == "sliced":  # row stride larger than the row, as a slice of gate columns makes
+        x, w = torch.cat([x, x], 1)[:, :69], torch.cat([w, w], 1)[:, :69]
+    return x.to(dtype), w.to(dtype)
+
+
+@pytest.mark.parametrize("bias", ["none", "vector", "matrix"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_native_linear_equals_torch(dtype, layout, bias):
+    x, w = _linear_operands(dtype, layout)
+    b = {"none": None, "vector": torch.randn(93, dtype=dtype), "matrix": torch.randn(137, 93, dtype=dtype)}[bias]
+    got = torch.ops.fused_rnn.native_linear(x, w, b)
+    want = (x.double() @ w.double().t() + (0 if b is None else b.double())).to(dtype)
+    assert got.shape == (137, 93) and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5)
+
+
+def test_native_linear_leaves_its_inputs_alone():
+    x, w = _linear_operands(torch.float32, "contiguous")
+    b = torch.randn(137, 93)
+    copies = [t.clone() for t in (x, w, b)]
+    torch.ops.fused_rnn.native_linear(x, w, b)
+    assert all(torch.equal(t, c) for t, c in zip((x, w, b), copies))
+
+
+def test_native_linear_rejects_bad_shapes():
+    with pytest.raises(RuntimeError, match=r"fused_rnn::native_linear: x must be \[M, K\] and w \[N, K\]"):
+        torch.ops.fused_rnn.native_linear(torch.zeros(3, 4), torch.zeros(5, 3), None)
+    with pytest.raises(RuntimeError, match=r"b must have shape \[N\] = \[5\] or \[M, N\] = \[3, 5\], got \[4\]"):
+        torch.ops.fused_rnn.native_linear(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(4))
+
+
+def test_opcheck_linear_ops():
+    x, w, b = _randn(5, 3).t(), _randn(4, 5), _randn(4)  # x a transposed view
+    torch.library.opcheck(torch.ops.fused_rnn.native_linear.default, (x, w, b))
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    torch.library.opcheck(ops.linear, (*leaves, "native"))
+    assert torch.autograd.gradcheck(lambda *v: ops.linear(*v, "native"), leaves)
+    assert torch.autograd.gradgradcheck(lambda *v: ops.linear(*v, "native"), leaves)

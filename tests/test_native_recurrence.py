@@ -1,8 +1,9 @@
 """Parity of the native CPU recurrence kernels (fused_rnn._C) against the float64 reference,
 forward and backward, their saved tensors, gradcheck, and the errors the C++ ops raise.
 
-The CPU kernels split each step's pointwise pass into tiles of 256 units of one row: H = 300 makes
-two tiles per row (the second partial) and B = 9 several tasks for the threads. Every case runs
+The CPU kernels split each step into panels of 16 to 64 units (whole vectors of every gate) and
+register tiles of 2 to 9 rows: H = 300 and H = 33 end in a partial panel and B = 9 and B = 5 in a
+partial tile. Every case runs
 with NaN-poisoned allocations, in Python (parity.poisoned_allocations) and in C++ (deterministic
 mode fills at::empty with NaN), so an element a kernel forgets to write fails it.
 """

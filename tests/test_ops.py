@@ -8,6 +8,9 @@ hands them over.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -270,3 +273,56 @@ def test_modules_run_the_inference_op_exactly_when_no_gradient_is_needed(module)
     assert calls == ["forward", "inference", "inference", "forward"]
     assert torch.equal(with_grad, without_grad) and torch.equal(with_grad, frozen)
     assert frozen_with_grad_input.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: eager calls stay clear of torch._dynamo
+# ---------------------------------------------------------------------------------------------
+
+
+def test_eager_calls_do_not_import_dynamo():
+    """torch.library.custom_op's implementations import torch._dynamo (sympy, triton: seconds) on
+    their first call; the ops here leave it unimported until something else imports it, forward
+    and backward, through the modules as through the ops."""
+    program = """
+import sys, torch, fused_rnn
+from fused_rnn import ops
+for module in (fused_rnn.LSTM(3, 4, backend="reference"), fused_rnn.GRUCell(3, 4, backend="reference")):
+    x = torch.randn(2, 3, requires_grad=True)
+    out = module(x.unsqueeze(0))[0] if isinstance(module, fused_rnn.LSTM) else module(x)
+    out.sum().backward()
+    with torch.no_grad():
+        module(x.unsqueeze(0)) if isinstance(module, fused_rnn.LSTM) else module(x)
+loaded = sorted(name for name in ("torch._dynamo", "sympy", "triton") if name in sys.modules)
+print(",".join(loaded) or "none")
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"
+
+
+def test_ops_trace_under_dynamo_after_eager_calls():
+    """An op called eagerly before torch._dynamo is imported still runs inside torch.compile."""
+    x = small_inputs("gru", False, 600)
+    eager = call_forward("gru", x, None)
+    compiled = torch.compile(lambda v: call_forward("gru", {**x, "xw": v}, None), fullgraph=True)(x["xw"])
+    for got, want in zip(compiled, eager):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_recurrent_weight_grad_runs_one_gemm_per_nonempty_product(steps):
+    """sum_t d_gates[t]^T h[t-1]: a single step (a decoder called once per step) is one GEMM
+    against h0, not also a GEMM over empty operands that copies the [G, P] gradient; more steps add
+    one GEMM over the rest."""
+    generator = torch.Generator().manual_seed(7)
+    d_gates = torch.randn(steps, 5, 12, generator=generator, dtype=torch.float64)
+    h0 = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    hs = torch.randn(steps, 5, 3, generator=generator, dtype=torch.float64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = ops.recurrent_weight_grad(d_gates, h0, hs, "reference")
+    gemms = [e for e in prof.events() if e.name == "fused_rnn::linear"]
+    assert len(gemms) == (1 if steps == 1 else 2)
+    previous = torch.cat([h0.unsqueeze(0), hs[:-1]])
+    want = torch.einsum("tbg,tbp->gp", d_gates, previous)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)

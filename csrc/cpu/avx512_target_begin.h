@@ -1,5 +1,5 @@
 // Opens the AVX512 region of a kernel file compiled for AVX512 F/BW/VL/DQ through a target pragma
-// (see cell_steps_avx512.cpp): every function defined until target_region_end.h gets AVX512
+// (see sequence_kernels_avx512.cpp): every function defined until target_region_end.h gets AVX512
 // instructions, and the ISA macros that at::vec and sleef.h test, which the pragma does not define,
 // are defined by hand. Include it after every header that is not capability-specific.
 // No include guard: each such file opens and closes the region once.

@@ -1,6 +1,5 @@
-// LSTM recurrence on the CPU (with and without projection): per time step one GEMM (step_gemm.h)
-// into a buffer made once per call, then one fused pointwise kernel (cell_steps.h); a projection
-// adds a second GEMM and pass per step.
+// LSTM recurrence on the CPU (with and without projection): the ops' checks, buffers and row
+// order around the sequence kernels (sequence_kernels.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -24,48 +23,32 @@ constexpr const char* kBackward = "fused_rnn::native_lstm_backward";
 /// -> hs [T, B, P], h_n [B, P], c_n [B, H] and, when `save`, cs [T, B, H] (accumulation dtype)
 ///    and gates [T, B, 4H] (activated i, f, g, o) for the backward pass (undefined otherwise).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_lstm_forward(
-    const char* op, const Tensor& xw_arg, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-    const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_arg, bool save) {
-  const RecurrenceSizes n = check_lstm_forward(op, xw_arg, w_hh, w_hr, h0, c0, lengths_arg);
-  const Lengths lengths(op, lengths_arg, n.steps);
-  const Tensor xw = xw_arg.contiguous();
+    const char* op, const Tensor& xw_arg, const Tensor& w_hh_arg,
+    const std::optional<Tensor>& w_hr_arg, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths, bool save) {
+  const RecurrenceSizes n = check_lstm_forward(op, xw_arg, w_hh_arg, w_hr_arg, h0, c0, lengths);
+  const int64_t T = n.steps, B = n.batch, H = n.hidden, P = n.state;
+  const RowOrder order(op, lengths, B, T);
+  const Tensor xw = order.in(xw_arg, 1).contiguous();
   const at::ScalarType dtype = xw.scalar_type();
   const at::ScalarType acc = accumulation_dtype(dtype);
   const auto acc_options = xw.options().dtype(acc);
-  const int64_t T = n.steps, B = n.batch, H = n.hidden, P = n.state;
-
-  const StepGemm times_w_hh_t(w_hh, /*transposed=*/true, B, T, acc);
+  const Tensor w_hh = read_as(w_hh_arg, acc);
+  const Tensor w_hr = w_hr_arg.has_value() ? read_as(*w_hr_arg, acc) : Tensor();
+  const Tensor h = read_as(order.in(h0, 0), acc);
+  Tensor c = working_copy(order.in(c0, 0), acc);
   Tensor hs = empty_sequence({T, B, P}, xw.options());
   Tensor cs = save ? empty_sequence({T, B, H}, acc_options) : Tensor();
   Tensor gates = save ? empty_sequence({T, B, 4 * H}, xw.options()) : Tensor();
-  Tensor h = working_copy(h0, acc);  // [B, P]
-  Tensor c = working_copy(c0, acc);  // [B, H]
-  Tensor hw = at::empty({B, 4 * H}, acc_options);
 
-  // With a projection: h = (o * tanh(c)) @ W_hr^T, a second GEMM per step.
-  const bool projected = w_hr.has_value();
-  const std::optional<StepGemm> times_w_hr_t =
-      projected ? std::make_optional<StepGemm>(*w_hr, /*transposed=*/true, B, T, acc)
-                : std::nullopt;
-  const Tensor unprojected = projected ? at::empty({B, H}, acc_options) : Tensor();
-  Tensor h_projected = projected ? at::empty({B, P}, acc_options) : Tensor();
-
-  const CellStepKernels& kernels = cell_step_kernels();
-  for (int64_t t = 0; t < T; ++t) {
-    const StepRows rows = lengths.rows(n, t);
-    times_w_hh_t(h, hw);
-    kernels.lstm_forward({dtype, rows, H, at_step(xw, t), hw.data_ptr(),
-                          save ? at_step(gates, t) : nullptr, save ? at_step(cs, t) : nullptr,
-                          c.data_ptr(), projected ? nullptr : at_step(hs, t),
-                          projected ? nullptr : h.data_ptr(),
-                          projected ? unprojected.data_ptr() : nullptr});
-    if (projected) {
-      (*times_w_hr_t)(unprojected, h_projected);
-      kernels.projected_state({dtype, rows, P, h_projected.data_ptr(), at_step(hs, t),
-                               h.data_ptr()});
-    }
-  }
-  return {hs, h.to(dtype), c.to(dtype), cs, gates};
+  const SequenceRows rows = order.rows();
+  sequence_kernels().lstm_forward({dtype, rows, H, P, xw.const_data_ptr(), w_hh.const_data_ptr(),
+                                   w_hr.defined() ? w_hr.const_data_ptr() : nullptr,
+                                   h.const_data_ptr(), c.data_ptr(), hs.data_ptr(),
+                                   save ? gates.data_ptr() : nullptr,
+                                   save ? cs.data_ptr() : nullptr});
+  return {order.out(hs, 1), order.out(final_states(hs, rows), 0), order.out(c.to(dtype), 0),
+          save ? order.out(cs, 1) : cs, save ? order.out(gates, 1) : gates};
 }
 
 /// -> hs, h_n, c_n, cs, gates (see run_lstm_forward).
@@ -89,62 +72,46 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& xw, const Tensor
 /// -> dxw [T, B, 4H], dh0 [B, P], dc0 [B, H], dw_hr [P, H] (shape [0] without projection).
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& grad_hs_arg, const Tensor& grad_h_n, const Tensor& grad_c_n,
-    const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
-    const std::optional<Tensor>& lengths_arg, const Tensor& hs, const Tensor& cs_arg,
-    const Tensor& gates_arg) {
-  const RecurrenceSizes n = check_lstm_backward(kBackward, grad_hs_arg, grad_h_n, grad_c_n, w_hh,
-                                                w_hr, h0, c0, lengths_arg, hs, cs_arg, gates_arg);
-  const Lengths lengths(kBackward, lengths_arg, n.steps);
-  const Tensor grad_hs = grad_hs_arg.contiguous();
-  const Tensor cs = cs_arg.contiguous();
-  const Tensor gates = gates_arg.contiguous();
+    const Tensor& w_hh_arg, const std::optional<Tensor>& w_hr_arg, const Tensor& h0,
+    const Tensor& c0, const std::optional<Tensor>& lengths, const Tensor& hs,
+    const Tensor& cs_arg, const Tensor& gates_arg) {
+  const RecurrenceSizes n =
+      check_lstm_backward(kBackward, grad_hs_arg, grad_h_n, grad_c_n, w_hh_arg, w_hr_arg, h0, c0,
+                          lengths, hs, cs_arg, gates_arg);
+  const int64_t T = n.steps, B = n.batch, H = n.hidden, P = n.state;
+  const RowOrder order(kBackward, lengths, B, T);
+  const Tensor grad_hs = order.in(grad_hs_arg, 1).contiguous();
+  const Tensor cs = order.in(cs_arg, 1).contiguous();
+  const Tensor gates = order.in(gates_arg, 1).contiguous();
   const at::ScalarType dtype = hs.scalar_type();
   const at::ScalarType acc = accumulation_dtype(dtype);
   const auto acc_options = hs.options().dtype(acc);
-  const int64_t T = n.steps, B = n.batch, H = n.hidden, P = n.state;
-
-  const StepGemm times_w_hh(w_hh, /*transposed=*/false, B, T, acc);
-  const Tensor dh_final = read_as(grad_h_n, acc);
-  const Tensor c0_acc = read_as(c0, acc);
-  Tensor dh = at::empty({B, P}, acc_options);  // d_pre[t+1] @ W_hh
-  Tensor dc = working_copy(grad_c_n, acc);
+  const Tensor w_hh = read_as(w_hh_arg, acc);
+  const bool projected = w_hr_arg.has_value();
+  const Tensor w_hr = projected ? read_as(*w_hr_arg, acc) : Tensor();
+  const Tensor dh_final = read_as(order.in(grad_h_n, 0), acc);
+  const Tensor c0_acc = read_as(order.in(c0, 0), acc);
+  Tensor dc = working_copy(order.in(grad_c_n, 0), acc);
+  Tensor dh0 = at::empty({B, P}, acc_options);
   Tensor dxw = empty_sequence({T, B, 4 * H}, hs.options());
-  // The GEMM reads the unrounded gate gradients: dxw itself unless dtype is a half type.
-  Tensor d_pre = dtype == acc ? Tensor() : at::empty({B, 4 * H}, acc_options);
-
   // With a projection: the gradient of each step's output and o * tanh(c) are kept for
   // dW_hr = sum_t grad_out[t]^T unprojected[t], one GEMM after the loop.
-  const bool projected = w_hr.has_value();
-  const std::optional<StepGemm> times_w_hr =
-      projected ? std::make_optional<StepGemm>(*w_hr, /*transposed=*/false, B, T, acc)
-                : std::nullopt;
   const Tensor grad_out = projected ? empty_sequence({T, B, P}, acc_options) : Tensor();
   const Tensor unprojected = projected ? empty_sequence({T, B, H}, acc_options) : Tensor();
-  Tensor d_h = projected ? at::empty({B, H}, acc_options) : Tensor();
 
-  const CellStepKernels& kernels = cell_step_kernels();
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const StepRows rows = lengths.rows(n, t);
-    if (projected) {
-      kernels.output_grad({dtype, rows, P, at_step(grad_hs, t), dh.data_ptr(),
-                           dh_final.data_ptr(), at_step(grad_out, t)});
-      (*times_w_hr)(grad_out.select(0, t), d_h);
-    }
-    kernels.lstm_backward({dtype, rows, H, at_step(gates, t), at_step(cs, t),
-                           t > 0 ? at_step(cs, t - 1) : c0_acc.data_ptr(),
-                           projected ? nullptr : at_step(grad_hs, t),
-                           projected ? nullptr : dh.data_ptr(),
-                           projected ? nullptr : dh_final.data_ptr(),
-                           projected ? d_h.data_ptr() : nullptr, dc.data_ptr(), at_step(dxw, t),
-                           d_pre.defined() ? d_pre.data_ptr() : nullptr,
-                           projected ? at_step(unprojected, t) : nullptr});
-    times_w_hh(d_pre.defined() ? d_pre : dxw.select(0, t), dh);
-  }
+  sequence_kernels().lstm_backward(
+      {dtype, order.rows(), H, P, grad_hs.const_data_ptr(), gates.const_data_ptr(),
+       cs.const_data_ptr(), c0_acc.const_data_ptr(), w_hh.const_data_ptr(),
+       projected ? w_hr.const_data_ptr() : nullptr, dh_final.const_data_ptr(), dc.data_ptr(),
+       dxw.data_ptr(), dh0.data_ptr(), projected ? grad_out.data_ptr() : nullptr,
+       projected ? unprojected.data_ptr() : nullptr});
+  // Rows past their length have zero grad_out and unprojected: the sum is over rows in any order.
   const Tensor dw_hr =
       projected ? at::mm(grad_out.view({T * B, P}).t(), unprojected.view({T * B, H}))
-                      .to(w_hr->scalar_type())
+                      .to(w_hr_arg->scalar_type())
                 : at::empty({0}, grad_hs.options());
-  return {dxw, dh.to(h0.scalar_type()), dc.to(c0.scalar_type()), dw_hr};
+  return {order.out(dxw, 1), order.out(dh0.to(h0.scalar_type()), 0),
+          order.out(dc.to(c0.scalar_type()), 0), dw_hr};
 }
 
 }  // namespace

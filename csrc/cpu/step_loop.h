@@ -1,54 +1,21 @@
-// Helpers shared by the CPU step loops (rnn.cpp, lstm.cpp, gru.cpp): buffers made once per call,
-// addresses of time steps, checked lengths.
+// Helpers shared by the torch-facing CPU recurrence ops (rnn.cpp, lstm.cpp, gru.cpp): buffers made
+// once per call, the rows of a call in length order, the final states.
 #pragma once
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/argsort.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "../recurrence_checks.h"
-#include "cell_steps.h"
-#include "step_gemm.h"
+#include "empty_sequence.h"
+#include "sequence_kernels.h"
 
 namespace fused_rnn::cpu {
-
-/// Address of time step t of a contiguous [T, ...] tensor.
-inline void* at_step(const at::Tensor& tensor, int64_t t) {
-  return static_cast<char*>(tensor.data_ptr()) + t * tensor.stride(0) * tensor.element_size();
-}
-
-/// at::empty for a per-sequence buffer ([T, B, ...], often tens of MB). On Linux the pages of a
-/// large one are requested as transparent huge pages and faulted in by all threads at once:
-/// faulting them in one by one inside the step loop (4 KiB pages, or 2 MiB pages zeroed by
-/// whichever thread touches them first while the others wait) otherwise costs more than the
-/// pointwise math of a forward pass at large sizes.
-inline at::Tensor empty_sequence(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor tensor = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t{1} << 21;
-  const auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = (begin + tensor.nbytes()) & ~(kHugePage - 1);
-  if (last > first && madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE) == 0) {
-    // One write per huge page, keeping its bytes (at::empty may have filled it with NaN).
-    const auto pages = static_cast<int64_t>((last - first) / kHugePage);
-    at::parallel_for(0, pages, 1, [&](int64_t page_begin, int64_t page_end) {
-      for (int64_t page = page_begin; page < page_end; ++page) {
-        volatile char* byte = reinterpret_cast<char*>(first + uintptr_t(page) * kHugePage);
-        *byte = *byte;
-      }
-    });
-  }
-#endif
-  return tensor;
-}
 
 /// `tensor` in `dtype` and contiguous; `tensor` itself when it already is (read only).
 inline at::Tensor read_as(const at::Tensor& tensor, at::ScalarType dtype) {
@@ -61,22 +28,64 @@ inline at::Tensor working_copy(const at::Tensor& tensor, at::ScalarType dtype) {
                    at::MemoryFormat::Contiguous);
 }
 
-/// The lengths of one call, checked to lie in [1, T]; `data` is null without lengths.
-struct Lengths {
-  at::Tensor tensor;
-  const int64_t* data = nullptr;
-
-  Lengths(const char* op, const std::optional<at::Tensor>& lengths, int64_t steps) {
-    if (lengths.has_value()) {
-      check_lengths_values(op, *lengths, steps);
-      tensor = lengths->contiguous();
-      data = tensor.const_data_ptr<int64_t>();
+/// The rows of one call in the order the sequence kernels need: lengths non-increasing, so that
+/// the rows live at each step are a prefix. Lengths in any other order are sorted once: the
+/// row-indexed arguments are permuted on the way in (`in`) and the results back (`out`).
+class RowOrder {
+ public:
+  /// Checks the lengths' values (in [1, steps]); no lengths: every row runs every step.
+  RowOrder(const char* op, const std::optional<at::Tensor>& lengths, int64_t batch, int64_t steps)
+      : batch_(batch), steps_(steps) {
+    if (!lengths.has_value()) {
+      return;
+    }
+    check_lengths_values(op, *lengths, steps);
+    lengths_ = lengths->contiguous();
+    const int64_t* values = lengths_.const_data_ptr<int64_t>();
+    for (int64_t b = 1; b < batch; ++b) {
+      if (values[b] > values[b - 1]) {
+        order_ = at::argsort(lengths_, /*stable=*/true, /*dim=*/0, /*descending=*/true);
+        inverse_ = at::argsort(order_);
+        lengths_ = lengths_.index_select(0, order_);
+        break;
+      }
     }
   }
 
-  StepRows rows(const RecurrenceSizes& sizes, int64_t step) const {
-    return {sizes.batch, sizes.steps, step, data};
+  SequenceRows rows() const {
+    return {batch_, steps_, lengths_.defined() ? lengths_.const_data_ptr<int64_t>() : nullptr};
   }
+
+  /// `tensor` with its rows (dimension `dim`) in the kernels' order.
+  at::Tensor in(const at::Tensor& tensor, int64_t dim) const {
+    return order_.defined() ? tensor.index_select(dim, order_) : tensor;
+  }
+
+  /// `tensor` (rows in the kernels' order along `dim`) with its rows in the caller's order.
+  at::Tensor out(const at::Tensor& tensor, int64_t dim) const {
+    return order_.defined() ? tensor.index_select(dim, inverse_) : tensor;
+  }
+
+ private:
+  int64_t batch_, steps_;
+  at::Tensor lengths_;  // sorted, or undefined without lengths
+  at::Tensor order_;    // row i of the kernels is row order_[i] of the caller; undefined if sorted
+  at::Tensor inverse_;
 };
+
+/// h_n [B, P]: each row's output at its last step, hs[length - 1, b] (hs [T, B, P] in the
+/// kernels' row order), which is the carried state rounded to hs's dtype.
+inline at::Tensor final_states(const at::Tensor& hs, const SequenceRows& rows) {
+  const int64_t P = hs.size(2);
+  at::Tensor h_n = at::empty({rows.batch, P}, hs.options());
+  const int64_t bytes = P * hs.element_size();
+  const auto* source = static_cast<const char*>(hs.const_data_ptr());
+  auto* target = static_cast<char*>(h_n.data_ptr());
+  for (int64_t b = 0; b < rows.batch; ++b) {
+    const int64_t last = (rows.lengths == nullptr ? rows.steps : rows.lengths[b]) - 1;
+    std::memcpy(target + b * bytes, source + (last * rows.batch + b) * bytes, bytes);
+  }
+  return h_n;
+}
 
 }  // namespace fused_rnn::cpu

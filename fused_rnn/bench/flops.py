@@ -1,7 +1,8 @@
 """FLOP counts for achieved TFLOP/s.
 
 Recurrence (one layer, G gates): input GEMM 2*T*B*I*G*H, recurrent GEMMs 2*T*B*H*G*H, pointwise
-work per hidden unit and step as below (an add, a multiply or an activation counts one).
+work per hidden unit and step as below (an add, a multiply or an activation counts one); a packed
+batch counts its rows' real lengths instead of T*B, a stack of layers each layer.
 Attention: projections, scores, softmax (5 per score) and the weighted sum of values.
 Forward+backward counts three times the forward: each GEMM has two GEMMs in backward (input and
 weight gradients) and the pointwise backward is about twice its forward.
@@ -9,7 +10,8 @@ weight gradients) and the pointwise backward is about twice its forward.
 
 from __future__ import annotations
 
-from .shapes import ATTENTION_SCORES, GATES, AttentionShape, RecurrentShape, Shape
+from .shapes import ATTENTION_SCORES, GATES, AttentionShape, PackedShape, RecurrentShape, Shape
+from .workloads import packed_lengths
 
 # Pointwise operations per hidden unit and step, bias adds and the recurrent add included.
 POINTWISE = {
@@ -26,7 +28,11 @@ def forward_flops(op: str, shape: Shape) -> float:
     if isinstance(shape, RecurrentShape):
         t, b, i, h = shape.steps, shape.batch, shape.input_size, shape.hidden
         g = GATES[op]
-        return 2.0 * t * b * g * h * (i + h) + float(POINTWISE[op]) * t * b * h
+        # A packed batch costs its rows' real lengths; layers after the first take inputs of size H.
+        row_steps = float(packed_lengths(shape).sum()) if isinstance(shape, PackedShape) else float(t * b)
+        per_row_step = 2.0 * g * h * (i + h) + float(POINTWISE[op]) * h
+        per_row_step += (getattr(shape, "layers", 1) - 1) * (2.0 * g * h * (2 * h) + float(POINTWISE[op]) * h)
+        return row_steps * per_row_step
     assert isinstance(shape, AttentionShape)
     b, tq, tk, d, a = shape.batch, shape.query_steps, shape.key_steps, shape.dim, shape.attn
     scores = float(b) * tq * tk

@@ -27,7 +27,9 @@ from .shapes import RecurrentShape
 from .timing import native_output_silenced
 
 GROUPS = ("input GEMM", "forward recurrence", "backward recurrence", "weight-gradient GEMMs", "other")
-GEMM_OPS = ("aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+GEMM_OPS = (
+    "aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "fused_rnn::linear",
+)
 FORWARD_RANGE = re.compile(r"^fused_rnn::\w+_forward$")
 BACKWARD_RANGE = re.compile(r"^fused_rnn::\w+_backward$")
 AUTOGRAD_PREFIX = "autograd::engine::evaluate_function"
@@ -37,7 +39,7 @@ MODULE_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 def _gemm_output_shape(name: str, shapes: list) -> Optional[tuple]:
     """The result shape of a GEMM op from its recorded input shapes (None when not recorded)."""
     try:
-        if name == "aten::linear":
+        if name in ("aten::linear", "fused_rnn::linear"):
             return tuple(shapes[0][:-1]) + (shapes[1][0],)
         if name in ("aten::addmm", "aten::baddbmm"):
             return tuple(shapes[1][:-1]) + (shapes[2][-1],)
@@ -105,12 +107,19 @@ def group_events(events, weight_shapes: set, on_device: bool) -> GroupTimes:
 
 
 def weight_shapes_of(module: torch.nn.Module) -> set:
-    """Every 2-D parameter's shape and its transpose (a weight gradient may be formed either way)."""
+    """Every 2-D parameter's shape and its transpose (a weight gradient may be formed either way),
+    and for a GRU's W_hh [3H, H] those of its row blocks [2H, H] and [H, H]: its gradient is formed
+    in two GEMMs, over the reset and update gates' gradients and over the new gate's."""
     shapes = set()
-    for parameter in module.parameters():
-        if parameter.dim() == 2:
-            shapes.add(tuple(parameter.shape))
-            shapes.add(tuple(parameter.shape[::-1]))
+    for name, parameter in module.named_parameters():
+        if parameter.dim() != 2:
+            continue
+        rows, columns = parameter.shape
+        blocks = [rows]
+        if getattr(module, "mode", None) == "GRU" and name.startswith("weight_hh"):
+            blocks += [2 * rows // 3, rows // 3]
+        for block in blocks:
+            shapes.update({(block, columns), (columns, block)})
     return shapes
 
 

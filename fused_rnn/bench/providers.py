@@ -3,22 +3,27 @@ loop eager and under torch.compile, and FlashRNN. fused_rnn's backends also run 
 (through fused_rnn's attention modules, see attention.py).
 
 Every recurrence provider computes one layer, input projection included: x [T, B, I] -> the
-output sequence [T, B, H], from zero initial states.
+output sequence [T, B, H], from zero initial states. torch.nn and fused_rnn's backends also run the
+other workloads of shapes.py the same way: a PackedSequence (PackedShape) and stepwise calls of a
+module or a cell (StepwiseShape).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from .. import backends
+from ..packing import packing_of, padded_from_packed
 from . import attention
 from .base import Built, Provider, cast
-from .shapes import ATTENTION_OPS, RECURRENT_OPS, RecurrentShape
-from .workloads import Weights
+from .shapes import ATTENTION_OPS, RECURRENT_OPS, PackedShape, RecurrentShape, StepwiseShape
+from .workloads import Weights, packed_lengths
 
 TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 TORCH_CELLS = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
@@ -35,9 +40,60 @@ def _load_module(module: nn.Module, weights: Weights, dtype: torch.dtype, device
     return module
 
 
-def _module_built(module: nn.Module) -> Built:
-    """A torch.nn-style recurrent module: output sequence of module(x); params by state-dict name."""
-    return Built(run=lambda x: module(x)[0], params=dict(module.named_parameters()))
+def _packed_run(module: nn.Module, shape: PackedShape) -> Callable[[Tensor], Tensor]:
+    """x [T, B, I] packed with the (sorted) lengths of the point at T steps (the full point's or
+    its check version's) -> module's output padded to [T, B, H]. The output is padded by one
+    scatter, the same for every provider (not pad_packed_sequence, whose backward copies the whole
+    output once per distinct length)."""
+
+    def run(x: Tensor) -> Tensor:
+        steps = x.shape[0]
+        output = module(pack_padded_sequence(x, packed_lengths(replace(shape, steps=steps))))[0]
+        packing = packing_of(output.data, output.batch_sizes, shape.batch)
+        return padded_from_packed(output.data, packing, steps)
+
+    return run
+
+
+def _stepwise_run(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """x [T, B, I] -> [T, B, H] by calling module once per step on x[t:t+1], state carried."""
+
+    def run(x: Tensor) -> Tensor:
+        state, outputs = None, []
+        for x_t in x.split(1):
+            output, state = module(x_t, state)
+            outputs.append(output[0])
+        return torch.stack(outputs)
+
+    return run
+
+
+def build_workload(
+    op: str, shape: RecurrentShape, weights: Weights, dtype: torch.dtype, device: torch.device,
+    modules: Callable[..., nn.Module], cells: Callable[..., nn.Module],
+) -> Built:
+    """A recurrence workload of `shape` (one layer, packed, or stepwise calls) made of
+    modules(input_size, hidden_size, num_layers=L) or cells(input_size, hidden_size), the
+    classes of torch.nn or of fused_rnn with the point's weights."""
+    if isinstance(shape, StepwiseShape) and shape.cell:
+        cell = cells(shape.input_size, shape.hidden).to(device=device, dtype=dtype)
+        cell.load_state_dict({name.removesuffix("_l0"): w for name, w in cast(weights, dtype, device).items()})
+        return Built(run=_cell_loop(cell, cell, op), params=_cell_params(cell))
+    layers = shape.layers if isinstance(shape, StepwiseShape) else 1
+    module = _load_module(modules(shape.input_size, shape.hidden, num_layers=layers), weights, dtype, device)
+    params = dict(module.named_parameters())
+    if isinstance(shape, PackedShape):
+        return Built(run=_packed_run(module, shape), params=params)
+    if isinstance(shape, StepwiseShape):
+        return Built(run=_stepwise_run(module), params=params)
+    return Built(run=lambda x: module(x)[0], params=params)
+
+
+def plain_layer_only(shape) -> Optional[str]:
+    """Why a provider that runs one layer over a padded batch cannot run `shape`, or None."""
+    if isinstance(shape, (PackedShape, StepwiseShape)):
+        return "runs one layer over a padded batch only (not packed input or stepwise calls)"
+    return None
 
 
 class FusedProvider(Provider):
@@ -71,8 +127,12 @@ class FusedProvider(Provider):
         import fused_rnn
 
         module_class = getattr(fused_rnn, FUSED_MODULE_NAMES[op])
-        module = module_class(shape.input_size, shape.hidden, backend=self.name)
-        return _module_built(_load_module(module, weights, dtype, device))
+        cell_class = getattr(fused_rnn, f"{FUSED_MODULE_NAMES[op]}Cell")
+        return build_workload(
+            op, shape, weights, dtype, device,
+            lambda *sizes, **options: module_class(*sizes, **options, backend=self.name),
+            lambda *sizes: cell_class(*sizes, backend=self.name),
+        )
 
 
 class TorchModuleProvider(Provider):
@@ -85,8 +145,7 @@ class TorchModuleProvider(Provider):
         self.devices = (device_type,)
 
     def build(self, op, shape, weights, dtype, device) -> Built:
-        module = TORCH_MODULES[op](shape.input_size, shape.hidden)
-        return _module_built(_load_module(module, weights, dtype, device))
+        return build_workload(op, shape, weights, dtype, device, TORCH_MODULES[op], TORCH_CELLS[op])
 
 
 def _cell_loop(cell: nn.Module, step: Callable, op: str) -> Callable[[Tensor], Tensor]:
@@ -120,6 +179,9 @@ class CellLoopProvider(Provider):
         self.name = name
         self.compiled = compiled
 
+    def unavailable_reason(self, op, shape, dtype, device) -> Optional[str]:
+        return plain_layer_only(shape)
+
     def build(self, op, shape, weights, dtype, device) -> Built:
         cell = TORCH_CELLS[op](shape.input_size, shape.hidden).to(device=device, dtype=dtype)
         cell.load_state_dict({name.removesuffix("_l0"): w for name, w in cast(weights, dtype, device).items()})
@@ -150,7 +212,7 @@ class FlashRnnProvider(Provider):
             return f"the flashrnn package is not installed ({error}); `pip install flashrnn`"
         if dtype not in FLASHRNN_DTYPES:
             return f"flashrnn has no {dtype} kernels"
-        return None
+        return plain_layer_only(shape)
 
     def build(self, op, shape, weights, dtype, device) -> Built:
         from flashrnn import flashrnn

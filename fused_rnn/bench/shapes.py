@@ -3,14 +3,17 @@
 A recurrence shape is written B16-T1024-I768-H768 (batch, time steps, input size, hidden size), an
 attention shape B32-Tq512-Tk512-D256-A256 (batch, query steps, key steps, feature size of queries,
 keys and values, attention size of the additive score; Tq1 is the single decoder step, whose query
-is [B, D]).
+is [B, D]). Two recurrence workloads other than one layer over a padded batch carry a suffix:
+B64-T256-I256-H256-packed (a PackedSequence, rows of lengths spread over [T/4, T]) and
+L2-B64-T20-I500-H500-steps or B64-T20-I500-H500-cells (T calls of one step each, the state carried
+from call to call, as a decoder makes them: of an L-layer module, or of a cell).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Union
+from typing import Optional, Union
 
 RECURRENT_OPS = ("rnn", "lstm", "gru")
 ATTENTION_OPS = ("additive_attention", "dot_attention", "scaled_dot_attention", "general_attention")
@@ -70,25 +73,74 @@ class AttentionShape:
         )
 
 
+@dataclass(frozen=True)
+class PackedShape(RecurrentShape):
+    """One layer over a PackedSequence of `batch` rows whose lengths are drawn uniformly from
+    [ceil(T/4), T] (workloads.packed_lengths), sorted by decreasing length (a PackedSequence's
+    order: the input's packing permutes no rows, whose backward on the CPU, an index_add_ across
+    the batch dimension, costs more than the recurrence); the output is padded back to [T, B, H]
+    (zeros past each length)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}-packed"
+
+
+@dataclass(frozen=True)
+class StepwiseShape(RecurrentShape):
+    """T calls of one step each on x[t] [B, I], the state carried from call to call (a decoder):
+    of a module of `layers` layers, or of a cell (`cell`, one layer); the output is each call's
+    last-layer state, stacked to [T, B, H]."""
+
+    layers: int = 1
+    cell: bool = False
+
+    def __str__(self) -> str:
+        if self.cell:
+            return f"{super().__str__()}-cells"
+        return f"L{self.layers}-{super().__str__()}-steps"
+
+
 Shape = Union[RecurrentShape, AttentionShape]
 
-_RECURRENT_PATTERN = re.compile(r"^B(\d+)-T(\d+)-I(\d+)-H(\d+)$")
+_RECURRENT_PATTERN = re.compile(r"^(?:L(\d+)-)?B(\d+)-T(\d+)-I(\d+)-H(\d+)(?:-(packed|steps|cells))?$")
 _ATTENTION_PATTERN = re.compile(r"^B(\d+)-Tq(\d+)-Tk(\d+)-D(\d+)-A(\d+)$")
+_FORMS = (
+    "B16-T1024-I768-H768 (recurrence; with -packed, or L2-...-steps and ...-cells for stepwise calls) "
+    "or B32-Tq512-Tk512-D256-A256 (attention)"
+)
+
+
+def _recurrent_shape(layers: Optional[str], sizes: list[int], workload: Optional[str]) -> RecurrentShape:
+    if (layers is not None) != (workload == "steps"):
+        raise ValueError("a number of layers L<n>- goes with the -steps suffix, and only with it")
+    if workload == "packed":
+        return PackedShape(*sizes)
+    if workload in ("steps", "cells"):
+        return StepwiseShape(*sizes, layers=int(layers or 1), cell=workload == "cells")
+    return RecurrentShape(*sizes)
 
 
 def parse_shape(text: str) -> Shape:
-    """'B16-T1024-I768-H768' -> RecurrentShape, 'B32-Tq512-Tk512-D256-A256' -> AttentionShape."""
-    for pattern, kind in ((_RECURRENT_PATTERN, RecurrentShape), (_ATTENTION_PATTERN, AttentionShape)):
-        match = pattern.match(text.strip())
-        if match:
-            sizes = [int(group) for group in match.groups()]
-            if min(sizes) < 1:
-                raise ValueError(f"shape {text!r}: every size must be at least 1")
-            return kind(*sizes)
-    raise ValueError(
-        f"shape must look like B16-T1024-I768-H768 (recurrence) or B32-Tq512-Tk512-D256-A256 "
-        f"(attention), got {text!r}"
-    )
+    """'B16-T1024-I768-H768' -> RecurrentShape (PackedShape or StepwiseShape with a suffix),
+    'B32-Tq512-Tk512-D256-A256' -> AttentionShape."""
+    text = text.strip()
+    match = _RECURRENT_PATTERN.match(text)
+    if match:
+        layers, *groups, workload = match.groups()
+        sizes = [int(group) for group in groups]
+        if min(sizes + [int(layers or 1)]) < 1:
+            raise ValueError(f"shape {text!r}: every size must be at least 1")
+        try:
+            return _recurrent_shape(layers, sizes, workload)
+        except ValueError as error:
+            raise ValueError(f"shape {text!r}: {error}") from None
+    match = _ATTENTION_PATTERN.match(text)
+    if match:
+        sizes = [int(group) for group in match.groups()]
+        if min(sizes) < 1:
+            raise ValueError(f"shape {text!r}: every size must be at least 1")
+        return AttentionShape(*sizes)
+    raise ValueError(f"shape must look like {_FORMS}, got {text!r}")
 
 
 def shape_fits_op(op: str, shape: Shape) -> bool:
@@ -136,6 +188,21 @@ SWEEPS: dict[str, list[Point]] = {
     + _recurrent(("rnn",), [RecurrentShape(16, 256, 256, 256)])
     + [Point(op, AttentionShape(8, 64, 64, 64, 64)) for op in ("additive_attention", "dot_attention")],
 }
+
+# "cpu-goals": the points the native CPU backend is judged at against torch.nn (oneDNN / ATen):
+# one layer at every T x B x H of the grid below (I = H), packed batches beside their padded
+# counterparts in the grid, a 2-layer module and a cell called one step at a time (decoders).
+# Run it in float32 and float64 (--dtype float32,float64).
+CPU_GOAL_GRID = [
+    RecurrentShape(b, t, h, h) for t in (64, 256, 1024) for b in (1, 16, 64) for h in (128, 256, 512, 1024)
+]
+CPU_GOAL_PACKED = [PackedShape(b, 256, h, h) for b, h in ((16, 256), (64, 256), (64, 512))]
+SWEEPS["cpu-goals"] = (
+    _recurrent(RECURRENT_OPS, CPU_GOAL_GRID)
+    + _recurrent(RECURRENT_OPS, CPU_GOAL_PACKED)
+    + _recurrent(("lstm", "gru"), [StepwiseShape(64, 20, 500, 500, layers=2)])
+    + _recurrent(("lstm", "gru"), [StepwiseShape(64, 20, 500, 500, cell=True)])
+)
 FULL_SWEEPS = ("standard", "batch", "hidden", "steps", "attention")
 
 

@@ -1,7 +1,8 @@
 """Deterministic weights and inputs of a benchmark point, shared by every provider.
 
 Weights are drawn once per point in float64 on the CPU, named as torch.nn names them (recurrence:
-weight_ih_l0 [G*H, I], weight_hh_l0 [G*H, H], bias_ih_l0 and bias_hh_l0 [G*H]) or as
+weight_ih_l0 [G*H, I], weight_hh_l0 [G*H, H], bias_ih_l0 and bias_hh_l0 [G*H], and the same of
+layers 1.. with inputs of size H for a StepwiseShape of several layers) or as
 fused_rnn's attention modules name them (w_query [A, D], w_key [A, D], bias [A], v [A];
 weight [D, D] for the general score). A provider casts them to its dtype and device.
 """
@@ -14,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .shapes import ATTENTION_SCORES, GATES, AttentionShape, RecurrentShape, Shape
+from .shapes import ATTENTION_SCORES, GATES, AttentionShape, PackedShape, RecurrentShape, Shape
 
 Weights = dict[str, Tensor]
 
@@ -29,12 +30,14 @@ def make_weights(op: str, shape: Shape, seed: int = 0) -> Weights:
     if isinstance(shape, RecurrentShape):
         gates = GATES[op] * shape.hidden
         bound = 1.0 / math.sqrt(shape.hidden)
-        return {
-            "weight_ih_l0": _uniform(generator, bound, gates, shape.input_size),
-            "weight_hh_l0": _uniform(generator, bound, gates, shape.hidden),
-            "bias_ih_l0": _uniform(generator, bound, gates),
-            "bias_hh_l0": _uniform(generator, bound, gates),
-        }
+        weights = {}
+        for layer in range(getattr(shape, "layers", 1)):
+            inputs = shape.input_size if layer == 0 else shape.hidden
+            weights[f"weight_ih_l{layer}"] = _uniform(generator, bound, gates, inputs)
+            weights[f"weight_hh_l{layer}"] = _uniform(generator, bound, gates, shape.hidden)
+            weights[f"bias_ih_l{layer}"] = _uniform(generator, bound, gates)
+            weights[f"bias_hh_l{layer}"] = _uniform(generator, bound, gates)
+        return weights
     score = ATTENTION_SCORES[op]
     bound = 1.0 / math.sqrt(shape.dim)
     if score == "additive":
@@ -71,6 +74,15 @@ def make_inputs(
     shortest = (shape.key_steps + 1) // 2
     lengths = torch.randint(shortest, shape.key_steps + 1, (shape.batch,), generator=generator)
     return query, keys, values, lengths.to(device)
+
+
+def packed_lengths(shape: PackedShape, seed: int = 3) -> Tensor:
+    """The row lengths of a packed point: [B] int64 drawn uniformly from [ceil(T/4), T], sorted
+    by decreasing length as a PackedSequence holds its rows, so that packing the point's input
+    permutes no rows (the same for every provider and dtype)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint((shape.steps + 3) // 4, shape.steps + 1, (shape.batch,), generator=generator)
+    return lengths.sort(descending=True).values
 
 
 def output_sizes(shape: Shape) -> tuple[int, ...]:

@@ -1,0 +1,77 @@
+#include "gemm.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace at::native {
+// result = beta * result + alpha * mat1 @ mat2 (ATen/native/mkldnn/Matmul.h, not installed).
+void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result,
+                   float beta, float alpha) __attribute__((weak));
+}  // namespace at::native
+
+namespace fused_rnn::cpu {
+namespace {
+
+// Below this many multiply-adds a GEMM runs through ATen: oneDNN's fixed cost per call (some
+// microseconds, and a parallel region where ATen's GEMM runs on one thread) exceeds the product.
+constexpr int64_t kMinOnednnMultiplyAdds = int64_t{1} << 18;
+
+/// `t` itself when one of its strides is 1 (oneDNN reads any row or column stride), else a copy.
+at::Tensor plain(const at::Tensor& t) {
+  return t.stride(0) == 1 || t.stride(1) == 1 ? t : t.contiguous();
+}
+
+/// oneDNN's linear with a fused bias (the op Inductor's CPU backend calls), or null.
+const c10::OperatorHandle* onednn_linear() {
+  static const std::optional<c10::OperatorHandle> op =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  return op.has_value() ? &*op : nullptr;
+}
+
+bool runs_through_onednn(const at::Tensor& a, const at::Tensor& b) {
+  return at::native::mkldnn_matmul != nullptr && a.scalar_type() == at::kFloat &&
+         a.size(0) * a.size(1) * b.size(1) >= kMinOnednnMultiplyAdds;
+}
+
+}  // namespace
+
+bool onednn_gemm_available() { return at::native::mkldnn_matmul != nullptr; }
+
+void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
+  if (a.size(0) == 0 || b.size(1) == 0) {
+    return;
+  }
+  if (runs_through_onednn(a, b)) {
+    at::native::mkldnn_matmul(plain(a), plain(b), out, accumulate ? 1.0f : 0.0f, 1.0f);
+    return;
+  }
+  at::Tensor result = out;
+  if (accumulate) {
+    result.addmm_(a, b);
+  } else {
+    at::mm_out(result, a, b);
+  }
+}
+
+at::Tensor linear_with_bias(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  if (onednn_linear() != nullptr && runs_through_onednn(x, w.t()) && x.is_contiguous() &&
+      w.is_contiguous() && bias.is_contiguous()) {
+    std::vector<c10::IValue> stack{x, w, bias, std::string("none"),
+                                   c10::List<std::optional<at::Scalar>>(),
+                                   std::optional<std::string>(std::nullopt)};
+    onednn_linear()->callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+  at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
+  y.copy_(bias.expand_as(y));
+  gemm_into(x, w.t(), y, /*accumulate=*/true);
+  return y;
+}
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,50 @@
+// fused_rnn::native_linear: y = x @ w^T + b on the CPU through gemm.h (oneDNN for float32).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "empty_sequence.h"
+#include "gemm.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr const char* kOp = "fused_rnn::native_linear";
+
+/// x [M, K], w [N, K], b [N] or [M, N] or None -> x @ w^T + b [M, N] (any strides).
+Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), kOp,
+              ": x must be [M, K] and w [N, K], got shapes ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), kOp, ": w must have the dtype of x (",
+              x.scalar_type(), "), got ", w.scalar_type());
+  const int64_t M = x.size(0), N = w.size(0);
+  if (b.has_value()) {
+    TORCH_CHECK(b->scalar_type() == x.scalar_type(), kOp, ": b must have the dtype of x (",
+                x.scalar_type(), "), got ", b->scalar_type());
+    TORCH_CHECK(b->sizes() == at::IntArrayRef({N}) || b->sizes() == at::IntArrayRef({M, N}), kOp,
+                ": b must have shape [N] = [", N, "] or [M, N] = [", M, ", ", N, "], got ",
+                b->sizes());
+  }
+  // An output of huge pages takes a bias as a first pass over it: oneDNN's fused bias would
+  // write its own output, of small pages, whose faults cost as much as the GEMM at large M.
+  const bool large = static_cast<uint64_t>(M * N * x.element_size()) >= 2 * kHugePage;
+  if (b.has_value() && b->dim() == 1 && !large) {
+    return linear_with_bias(x, w, *b);
+  }
+  Tensor y = empty_sequence({M, N}, x.options());
+  if (b.has_value()) {
+    y.copy_(b->expand({M, N}));
+  }
+  gemm_into(x, w.t(), y, /*accumulate=*/b.has_value());
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { m.impl("native_linear", &linear); }
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,183 @@
+// The register-tiled GEMM of the step loops (sequence_kernels_impl.h), written once with
+// at::vec::Vectorized and compiled once per CPU capability. Included inside
+// namespace fused_rnn::cpu::CPU_CAPABILITY.
+//
+// Every step multiplies the carried state a [rows, K] by the same op(W) [K, N]; op(W) is packed
+// once per call into panels (Panels): panel p holds, for each k in order, a few vectors of
+// consecutive output columns, so the inner loop of a tile reads one contiguous run of the panel
+// per k, broadcasts one element of each of its rows of `a`, and keeps a tile of rows x vectors of
+// sums in registers. Each output element is one chain of fused multiply-adds over k in order, the
+// same whatever the number of rows: a row's result does not depend on which other rows run.
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
+/// Rows of one register tile with `vectors` vectors per row: sums, the panel's vectors for one k
+/// and a broadcast fit in the vector registers.
+constexpr int tile_rows(int vectors) {
+  return std::max(1, (kVectorRegisters - vectors - 2) / vectors);
+}
+
+/// The panel layout of op(W) [K, N] with N = gates * units: gate g, unit j is column
+/// g * units + j. Panel p covers units [p * span(), (p + 1) * span()) of every gate: for each k,
+/// the `vectors` vectors of those units of gate 0, then of gate 1, ... (gates * vectors vectors
+/// per k, zeros past the last unit). Grouping the gates of the same units lets the pointwise pass
+/// of a cell follow the product of each panel.
+template <typename acc_t>
+struct Panels {
+  static constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
+
+  acc_t* data = nullptr;  // [count()][depth][width()]
+  int64_t depth = 0;      // K
+  int64_t units = 0;
+  int64_t gates = 1;
+  int64_t vectors = 1;
+
+  /// The layout of the product by a weight with `gates` gates of `units` units (output columns)
+  /// over `depth` inputs; data is set by the caller (elements() of them).
+  static Panels layout(int64_t gates, int64_t units, int64_t depth) {
+    // Four vectors per k make a 4-gate LSTM panel; GRU's three gates make three.
+    const int64_t vectors = gates >= 3 ? 1 : 4;
+    return {nullptr, depth, units, gates, vectors};
+  }
+
+  int64_t span() const { return vectors * kLanes; }
+  int64_t count() const { return (units + span() - 1) / span(); }
+  int64_t width() const { return gates * span(); }
+  int64_t elements() const { return count() * depth * width(); }
+  acc_t* panel(int64_t p) const { return data + p * depth * width(); }
+  int64_t unit_begin(int64_t p) const { return p * span(); }
+  int64_t unit_end(int64_t p) const { return std::min(units, (p + 1) * span()); }
+};
+
+/// Packs panels [p0, p1) of op(W) from `source`, whose element (k, n) of op(W) is
+/// source[n * n_stride + k * k_stride]: with k_stride 1 (op(W) = W^T) by transposing blocks of
+/// kLanes x kLanes, which reads the rows of W in order (element by element, each k would read as
+/// many rows as a panel has columns, a page apart for large weights: a TLB miss per element).
+template <typename acc_t>
+void pack_panels(const Panels<acc_t>& w, const acc_t* source, int64_t n_stride, int64_t k_stride,
+                 int64_t p0, int64_t p1) {
+  constexpr int64_t L = Panels<acc_t>::kLanes;
+  const int64_t width = w.width();
+  for (int64_t p = p0; p < p1; ++p) {
+    acc_t* panel = w.panel(p);
+    for (int64_t g = 0; g < w.gates; ++g) {
+      for (int64_t v = 0; v < w.vectors; ++v) {
+        const int64_t unit = w.unit_begin(p) + v * L;
+        const int64_t valid = std::clamp<int64_t>(w.units - unit, 0, L);
+        acc_t* column = panel + (g * w.vectors + v) * L;  // lanes of this vector at every k
+        const acc_t* first = source + (g * w.units + unit) * n_stride;  // element (0, n) of op(W)
+        for (int64_t k = 0; k < w.depth; k += (k_stride == 1 ? L : 1)) {
+          if (k_stride == 1) {
+            at::vec::transpose_mxn<acc_t>(first + k, n_stride, column + k * width, width,
+                                          static_cast<int>(valid),
+                                          static_cast<int>(std::min(L, w.depth - k)));
+          } else {
+            std::copy_n(first + k * k_stride, valid, column + k * width);
+          }
+        }
+        if (valid < L) {
+          for (int64_t k = 0; k < w.depth; ++k) {
+            std::fill(column + k * width + valid, column + k * width + L, acc_t(0));
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Where the vectors of one panel land in a row of the output, and how many of their lanes are
+/// real columns (0 past the last unit).
+template <int kVectors>
+struct TileColumns {
+  int64_t offset[kVectors];
+  int64_t valid[kVectors];
+};
+
+/// out[r, columns] (+)= sum_k a[r, k] * panel[k] for rows r < kRows: one register tile.
+template <typename acc_t, int kRows, int kVectors>
+void tile_product(const acc_t* a, int64_t lda, const acc_t* panel, int64_t depth, acc_t* out,
+                  int64_t ldo, const TileColumns<kVectors>& columns, bool accumulate) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  Vec sums[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVectors; ++v) {
+      sums[r][v] = Vec(acc_t(0));
+    }
+  }
+  const acc_t* rows[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    rows[r] = a + r * lda;
+  }
+  for (int64_t k = 0; k < depth; ++k) {
+    const acc_t* b = panel + k * kVectors * kLanes;
+    Vec column[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      column[v] = Vec::loadu(b + v * kLanes);
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const Vec element(rows[r][k]);
+      for (int v = 0; v < kVectors; ++v) {
+        sums[r][v] = at::vec::fmadd(element, column[v], sums[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    acc_t* row = out + r * ldo;
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t valid = columns.valid[v];
+      if (valid == 0) {
+        continue;
+      }
+      acc_t* target = row + columns.offset[v];
+      const Vec value = accumulate ? sums[r][v] + Vec::loadu(target, valid) : sums[r][v];
+      value.store(target, valid);
+    }
+  }
+}
+
+template <typename acc_t, int kVectors>
+using TileProduct = void (*)(const acc_t*, int64_t, const acc_t*, int64_t, acc_t*, int64_t,
+                             const TileColumns<kVectors>&, bool);
+
+/// tile_product for 1 .. tile_rows(kVectors) rows, indexed by rows - 1.
+template <typename acc_t, int kVectors, int... kRowsMinusOne>
+constexpr std::array<TileProduct<acc_t, kVectors>, sizeof...(kRowsMinusOne)> tile_products(
+    std::integer_sequence<int, kRowsMinusOne...>) {
+  return {&tile_product<acc_t, kRowsMinusOne + 1, kVectors>...};
+}
+
+template <typename acc_t, int kVectors>
+void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a,
+                      int64_t lda, acc_t* out, int64_t ldo, bool accumulate) {
+  constexpr int kRows = tile_rows(kVectors);
+  static constexpr auto products =
+      tile_products<acc_t, kVectors>(std::make_integer_sequence<int, kRows>());
+  TileColumns<kVectors> columns;
+  for (int v = 0; v < kVectors; ++v) {
+    const int64_t unit = w.unit_begin(p) + (v % w.vectors) * w.kLanes;
+    columns.offset[v] = (v / w.vectors) * w.units + unit;
+    columns.valid[v] = std::clamp<int64_t>(w.units - unit, 0, w.kLanes);
+  }
+  const acc_t* panel = w.panel(p);
+  for (int64_t m = 0; m < rows; m += kRows) {
+    const int64_t count = std::min<int64_t>(kRows, rows - m);
+    products[count - 1](a + m * lda, lda, panel, w.depth, out + m * ldo, ldo, columns, accumulate);
+  }
+}
+
+/// out [rows, N] (+)= a [rows, K] @ op(W) restricted to the columns of panel p: a has row stride
+/// lda, out row stride ldo and op(W)'s column layout (gate g, unit j at column g * units + j).
+template <typename acc_t>
+void panel_product(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a, int64_t lda,
+                   acc_t* out, int64_t ldo, bool accumulate) {
+  if (w.gates * w.vectors == 3) {
+    panel_product_of<acc_t, 3>(w, p, rows, a, lda, out, ldo, accumulate);
+  } else {
+    panel_product_of<acc_t, 4>(w, p, rows, a, lda, out, ldo, accumulate);
+  }
+}

@@ -1,0 +1,175 @@
+// The CPU recurrence of one layer over a whole sequence, forward and backward, for RNN, LSTM (with
+// and without projection) and GRU: the step loops of rnn.cpp, lstm.cpp and gru.cpp.
+//
+// One team of threads (team.h) runs every step of a call. Each member owns a slice of the hidden
+// units; at each step it multiplies the state by its slice of the recurrent weight, packed once per
+// call into panels for a register-tiled GEMM (panel_gemm_impl.h), then runs the cell's pointwise
+// math on the units of that slice, and the team meets at a barrier before the next step reads the
+// new state. Calls of a single step pack nothing: their one product reads the weight where it is
+// (direct_product.h).
+//
+// Rows are sorted by non-increasing length (the op wrappers permute other orders): the rows live
+// at step t are a prefix, and the products run over that prefix only. Rows past their length write
+// zeros to every per-step output and keep their carried state.
+//
+// The kernels are compiled once per CPU capability (sequence_kernels_default.cpp, _avx2.cpp,
+// _avx512.cpp); sequence_kernels() returns the set for this CPU.
+//
+// Pointers: "scalar" memory has the input dtype `dtype`, "acc" memory its accumulation dtype
+// (float for bfloat16/float16, else the same). Every buffer is contiguous; [T, B, ...] tensors are
+// time-major.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+namespace fused_rnn::cpu {
+
+/// Which rows run at time step `step` of `steps`: row b is live while step < lengths[b]
+/// (every row is live when lengths is null).
+struct StepRows {
+  int64_t batch;
+  int64_t steps;
+  int64_t step;
+  const int64_t* lengths;
+
+  bool live(int64_t b) const { return lengths == nullptr ? step < steps : step < lengths[b]; }
+  /// Whether row b ran the step after this one, i.e. whether a backward pass has carried its
+  /// hidden-state gradient back from step + 1.
+  bool live_next(int64_t b) const {
+    return lengths == nullptr ? step + 1 < steps : step + 1 < lengths[b];
+  }
+};
+
+/// The rows of one call: `batch` rows of lengths in [1, steps] sorted non-increasing, or all of
+/// length `steps` when lengths is null.
+struct SequenceRows {
+  int64_t batch;
+  int64_t steps;
+  const int64_t* lengths;
+
+  StepRows at(int64_t step) const { return {batch, steps, step, lengths}; }
+  /// The number of rows live at `step` (0 for step >= steps): they are rows [0, live(step)).
+  int64_t live(int64_t step) const;
+};
+
+/// Vanilla RNN forward: h[t] = act(xw[t] + h[t-1] @ W_hh^T), act = relu or tanh.
+struct RnnForwardSequence {
+  c10::ScalarType dtype;
+  SequenceRows rows;
+  int64_t hidden;
+  bool relu;
+  const void* xw;    // [T, B, H] scalar
+  const void* w_hh;  // [H, H] acc
+  const void* h0;    // [B, H] acc
+  void* hs;          // [T, B, H] scalar, out
+};
+
+/// Vanilla RNN backward: d_pre[t] = (grad_hs[t] + d_pre[t+1] @ W_hh) * act'(hs[t]).
+struct RnnBackwardSequence {
+  c10::ScalarType dtype;
+  SequenceRows rows;
+  int64_t hidden;
+  bool relu;
+  const void* grad_hs;   // [T, B, H] scalar
+  const void* hs;        // [T, B, H] scalar
+  const void* w_hh;      // [H, H] acc
+  const void* dh_final;  // [B, H] acc: grad_h_n, the gradient reaching each row's last step
+  void* dxw;             // [T, B, H] scalar, out: d_pre
+  void* dh0;             // [B, H] acc, out: d_pre[0] @ W_hh
+};
+
+/// LSTM forward (gate order i, f, g, o), with the projection h = (o * tanh(c)) @ W_hr^T when
+/// w_hr is given.
+struct LstmForwardSequence {
+  c10::ScalarType dtype;
+  SequenceRows rows;
+  int64_t hidden;    // H
+  int64_t state;     // P: H, or the projection size
+  const void* xw;    // [T, B, 4H] scalar
+  const void* w_hh;  // [4H, P] acc
+  const void* w_hr;  // [P, H] acc, or null
+  const void* h0;    // [B, P] acc
+  void* c;           // [B, H] acc, in-out: c0 in, each row's final cell state out
+  void* hs;          // [T, B, P] scalar, out
+  void* gates;       // [T, B, 4H] scalar, out: activated i, f, g, o; null when not saved
+  void* cs;          // [T, B, H] acc, out: cell states; null when not saved
+};
+
+/// LSTM backward: the gate gradients dxw and the initial-state gradients.
+struct LstmBackwardSequence {
+  c10::ScalarType dtype;
+  SequenceRows rows;
+  int64_t hidden;
+  int64_t state;
+  const void* grad_hs;   // [T, B, P] scalar
+  const void* gates;     // [T, B, 4H] scalar
+  const void* cs;        // [T, B, H] acc
+  const void* c0;        // [B, H] acc
+  const void* w_hh;      // [4H, P] acc
+  const void* w_hr;      // [P, H] acc, or null
+  const void* dh_final;  // [B, P] acc: grad_h_n
+  void* dc;              // [B, H] acc, in-out: grad_c_n in, dc0 out
+  void* dxw;             // [T, B, 4H] scalar, out
+  void* dh0;             // [B, P] acc, out
+  void* grad_out;        // [T, B, P] acc, out: the gradient of each step's output (projection)
+  void* unprojected;     // [T, B, H] acc, out: o * tanh(c[t]) (projection), for dW_hr
+};
+
+/// GRU forward (gate order r, z, n), b_hn inside r * (W_hn h + b_hn).
+struct GruForwardSequence {
+  c10::ScalarType dtype;
+  SequenceRows rows;
+  int64_t hidden;
+  const void* xw;    // [T, B, 3H] scalar
+  const void* w_hh;  // [3H, H] acc
+  const void* b_hn;  // [H] scalar, or null
+  const void* h0;    // [B, H] acc
+  void* hs;          // [T, B, H] scalar, out
+  void* gates;       // [T, B, 4H] scalar, out: r, z, n, W_hn h + b_hn; null when not saved
+};
+
+/// GRU backward. The hidden-state gradient carried to step t-1 is
+/// g * z + [d_r, d_z, d_hn] @ W_hh, with g the gradient reaching h[t].
+struct GruBackwardSequence {
+  c10::ScalarType dtype;
+  SequenceRows rows;
+  int64_t hidden;
+  const void* grad_hs;   // [T, B, H] scalar
+  const void* gates;     // [T, B, 4H] scalar
+  const void* hs;        // [T, B, H] scalar
+  const void* h0;        // [B, H] scalar
+  const void* w_hh;      // [3H, H] acc
+  const void* dh_final;  // [B, H] acc: grad_h_n
+  void* dxw;             // [T, B, 3H] scalar, out: d_r, d_z, d_n
+  void* d_hn;            // [T, B, H] scalar, out
+  void* dh0;             // [B, H] acc, out
+};
+
+/// One implementation of every sequence kernel.
+struct SequenceKernels {
+  const char* capability;
+  void (*rnn_forward)(const RnnForwardSequence&);
+  void (*rnn_backward)(const RnnBackwardSequence&);
+  void (*lstm_forward)(const LstmForwardSequence&);
+  void (*lstm_backward)(const LstmBackwardSequence&);
+  void (*gru_forward)(const GruForwardSequence&);
+  void (*gru_backward)(const GruBackwardSequence&);
+};
+
+/// The kernels for this CPU: those of ATen's CPU capability (which honours ATEN_CPU_CAPABILITY),
+/// AVX512 or AVX2, where they were compiled, else the portable ones.
+const SequenceKernels& sequence_kernels();
+
+namespace DEFAULT {
+extern const SequenceKernels kernels;
+}
+namespace AVX2 {
+extern const SequenceKernels kernels;
+}
+namespace AVX512 {
+extern const SequenceKernels kernels;
+}
+
+}  // namespace fused_rnn::cpu
