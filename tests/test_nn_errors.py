@@ -1,6 +1,6 @@
 """Bad input to the modules, run on torch.nn and on fused_rnn side by side: the same exception type
-and the same message, on every backend. The checks run before any kernel, so no case needs
-Triton's float64 kernels (being added): the float64 inputs and models here fail before one runs.
+and the same message, on every backend (triton under the interpreter). The checks run before any
+kernel: the float64 inputs and models here fail before one runs.
 
 The cases are those of PyTorch's own RNN tests (module_db's error inputs for RNN, GRU, LSTM and the
 three cells in torch/testing/_internal/common_modules.py; test_nn.py's test_rnn_args_check,
