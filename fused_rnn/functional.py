@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
+from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
 from .packing import Packing, packed_from_padded, padded_from_packed
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
