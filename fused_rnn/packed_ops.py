@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import ops, reference
-from .backends import get_backend
+from .backends import constant_when_traced, get_backend
 from .op_library import call_unrecorded, define_op
 from .packing import packed_from_padded, packing_of, padded_from_packed, previous_rows
 
@@ -56,6 +56,12 @@ def padded_call(function: Callable, name: str, args: Sequence) -> tuple:
     padded[lengths_at] = packing.lengths
     results = function(*padded)
     return tuple(packed_from_padded(r, packing) if i in outputs else r for i, r in enumerate(results))
+
+
+@constant_when_traced
+def has_packed_kernels(backend: str) -> bool:
+    """Whether `backend` ("auto" or a name) runs packed input on its own kernels on the CPU."""
+    return hasattr(get_backend(backend, "cpu"), "lstm_packed_forward")
 
 
 def _run(backend: str, name: str, args: list) -> tuple:
@@ -323,11 +329,10 @@ def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, batch_sizes, hs, gates, backend):
 def packed_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, batch_sizes: Tensor, backend: str) -> Tensor:
     """sum over the packed rows of d_gates[n]^T h[n's previous step]: d_gates [N, G], h0 [B, P],
     hs [N, P] -> [G, P]. Step 0's rows (the first B) take h0; the others the row of the step before,
-    gathered once ([N - B, P])."""
+    gathered once ([N - B, P]; no rows when every row has length 1, and no branch on that, since B
+    is data under torch.compile)."""
     batch, rows = h0.shape[0], d_gates.shape[0]
     first = call_unrecorded(ops.linear, d_gates[:batch].t(), h0.t(), None, backend)
-    if rows == batch:
-        return first
     previous = hs.index_select(0, previous_rows(batch_sizes, batch, rows).to(hs.device))
     return call_unrecorded(ops.linear, d_gates[batch:].t(), previous.t(), first, backend)
 
