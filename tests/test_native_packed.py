@@ -17,7 +17,15 @@ from fused_rnn import native
 from fused_rnn.packing import flat_index
 from fused_rnn.parity import backward_arguments, op_arguments, relative_error
 from test_native_recurrence import poisoned
-from test_native_sequence import SPLITS, family, forward_and_backward, inputs_with_lengths, per_step, poison_padding
+from test_native_sequence import (  # noqa: F401  (two_threads: a fixture)
+    SPLITS,
+    family,
+    forward_and_backward,
+    inputs_with_lengths,
+    per_step,
+    poison_padding,
+    two_threads,
+)
 
 REASON = native.unavailable_reason(torch.device("cpu"))
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
@@ -84,14 +92,6 @@ def check_packed_equals_padded(cell: str, lengths: list[int], hidden: int, dtype
             continue
         want = pack(want, flat) if index in PER_STEP_GRADS[name] else want
         assert torch.equal(got, want), f"backward output {index}"
-
-
-@pytest.fixture
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS)
