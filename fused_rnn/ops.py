@@ -19,6 +19,9 @@ below is the op's OpOverload.
                              the GEMMs around the recurrence: the input projection of every
                              step and the gradients of the inputs and the weights
 
+Packed input (a PackedSequence's rows, [N, .] per-step tensors) has ops of its own, with the same
+arguments and batch_sizes in place of lengths, and the autograd formulas below: fused_rnn.packed_ops.
+
 The inference ops are what a forward pass runs when no gradient is needed (fused_rnn.functional).
 A backend may implement them (`lstm_inference`, `gru_inference`) to skip writing the saved tensors;
 otherwise they run its forward functions.

@@ -5,8 +5,9 @@
 // A kernel is a list of stages per time step (run_sequence). A stage multiplies a carried operand
 // by one weight (panel_gemm_impl.h) and runs a pointwise pass over the units of each panel of the
 // product; the team meets at a barrier after each stage. The pointwise passes (section "Steps")
-// compute the gate math in the accumulation dtype acc_t over every row of a range of units: live
-// rows get the cell's math, rows past their length zeros in the per-step outputs.
+// compute the gate math in the accumulation dtype acc_t over every row of a range of units that
+// the step's buffers hold: live rows get the cell's math; in the padded layout rows past their
+// length get zeros in the per-step outputs (the packed layout holds live rows only).
 #pragma once
 
 #include <ATen/Dispatch.h>
