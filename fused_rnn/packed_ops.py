@@ -123,11 +123,6 @@ def check_batch_sizes_values(batch_sizes: Tensor, batch: int, rows: int) -> None
         )
 
 
-def _check_packed_rows(name: str, tensor: Tensor, rows: int) -> None:
-    if tensor.dim() != 2 or tensor.shape[0] != rows:
-        raise RuntimeError(f"{name} must be 2-D with N = {rows} rows (packed), got shape {list(tensor.shape)}")
-
-
 # ----------------------------------------------------------------------------------------------
 # The ops.
 # ----------------------------------------------------------------------------------------------
