@@ -47,6 +47,38 @@ TORCH_LIBRARY(fused_rnn, m) {
       "native_gru_inference(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0, Tensor? lengths)"
       " -> (Tensor hs, Tensor h_n)");
 
+  // Packed input (a PackedSequence's rows): every per-step tensor is [N, ...] in place of
+  // [T, B, ...], step t's batch_sizes[t] rows (the rows of the batch still running, longest first)
+  // from row sum(batch_sizes[:t]) on; batch_sizes [T] int64 on the CPU, non-increasing, >= 1,
+  // batch_sizes[0] = B, summing to N. Arguments and outputs otherwise those of the ops above,
+  // with batch_sizes in place of lengths.
+  m.def(
+      "native_rnn_packed_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor batch_sizes, bool relu)"
+      " -> (Tensor hs, Tensor h_n)");
+  m.def(
+      "native_rnn_packed_backward(Tensor grad_hs, Tensor grad_h_n, Tensor w_hh, Tensor h0,"
+      " Tensor batch_sizes, Tensor hs, bool relu) -> (Tensor dxw, Tensor dh0)");
+  m.def(
+      "native_lstm_packed_forward(Tensor xw, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0,"
+      " Tensor batch_sizes) -> (Tensor hs, Tensor h_n, Tensor c_n, Tensor cs, Tensor gates)");
+  m.def(
+      "native_lstm_packed_backward(Tensor grad_hs, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh,"
+      " Tensor? w_hr, Tensor h0, Tensor c0, Tensor batch_sizes, Tensor hs, Tensor cs, Tensor gates)"
+      " -> (Tensor dxw, Tensor dh0, Tensor dc0, Tensor dw_hr)");
+  m.def(
+      "native_lstm_packed_inference(Tensor xw, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0,"
+      " Tensor batch_sizes) -> (Tensor hs, Tensor h_n, Tensor c_n)");
+  m.def(
+      "native_gru_packed_forward(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0,"
+      " Tensor batch_sizes) -> (Tensor hs, Tensor h_n, Tensor gates)");
+  m.def(
+      "native_gru_packed_backward(Tensor grad_hs, Tensor grad_h_n, Tensor w_hh, Tensor? b_hn,"
+      " Tensor h0, Tensor batch_sizes, Tensor hs, Tensor gates)"
+      " -> (Tensor dxw, Tensor d_hn, Tensor dh0)");
+  m.def(
+      "native_gru_packed_inference(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0,"
+      " Tensor batch_sizes) -> (Tensor hs, Tensor h_n)");
+
   // The GEMMs outside the step loops: y = x @ w^T + b, x [M, K], w [N, K], b [N] or [M, N].
   m.def("native_linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
 

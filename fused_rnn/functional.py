@@ -1,6 +1,8 @@
 """Multi-layer, bidirectional, dropout and variable-length logic over the recurrence ops.
 
-Every function here works on time-major padded tensors ([T, B, features]); the modules handle
+Every function here works on time-major padded tensors ([T, B, features]) or, for packed input
+where a backend has packed kernels (`runs_packed`), on a PackedSequence's rows ([N, features]:
+projections, recurrence, reversal, dropout over the N real rows only); the modules handle
 batch_first, unbatched input and PackedSequence around them. Per layer and direction:
 `xw = x @ W_ih^T + biases` (one GEMM, through autograd) then one recurrence op call.
 
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
+from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
 from .packing import Packing, packed_from_padded, padded_from_packed
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -32,6 +34,14 @@ class LayerWeights(NamedTuple):
     b_ih: Optional[Tensor]
     b_hh: Optional[Tensor]
     w_hr: Optional[Tensor]
+
+
+def runs_packed(x: Tensor, backend: str) -> bool:
+    """Whether packed input x (a PackedSequence's data) runs on its rows: on the CPU for a backend
+    with packed kernels (fused_rnn.packed_ops). Elsewhere, and in TorchScript, it runs padded."""
+    if torch.jit.is_scripting():
+        return False
+    return x.device.type == "cpu" and packed_ops.has_packed_kernels(backend)
 
 
 def reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
@@ -91,8 +101,10 @@ def recurrence(
     c0: Optional[Tensor],
     lengths: Optional[Tensor],
     backend: str,
+    batch_sizes: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """One recurrence op call: -> hs [T, B, P], h_n [B, P], c_n [B, H] (LSTM) or None.
+    """One recurrence op call: -> hs [T, B, P], h_n [B, P], c_n [B, H] (LSTM) or None. With
+    batch_sizes [T] (and no lengths) xw is packed rows [N, G*H] and hs [N, P] (fused_rnn.packed_ops).
 
     Under autocast the input projection comes out in the autocast dtype; the recurrence then runs
     in that dtype too (the ops take one dtype), with the weights and states cast to it.
@@ -104,6 +116,8 @@ def recurrence(
             w_hr, b_hn, c0 = _to_dtype(w_hr, xw.dtype), _to_dtype(b_hn, xw.dtype), _to_dtype(c0, xw.dtype)
     # A trace records one path whatever the grad mode it is later run in: the differentiable one.
     differentiable = torch.jit.is_tracing() or needs_grad([xw, w_hh, w_hr, b_hn, h0, c0])
+    if batch_sizes is not None:
+        return _packed_recurrence(mode, xw, w_hh, w_hr, b_hn, h0, c0, batch_sizes, differentiable, backend)
     if mode == "LSTM":
         assert c0 is not None
         if not differentiable:
@@ -120,6 +134,43 @@ def recurrence(
     return hs, h_n, None
 
 
+def _packed_recurrence(
+    mode: str,
+    xw: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    c0: Optional[Tensor],
+    batch_sizes: Tensor,
+    differentiable: bool,
+    backend: str,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """recurrence's op call on packed rows xw [N, G*H] -> hs [N, P], h_n, c_n or None."""
+    if mode == "LSTM":
+        assert c0 is not None
+        if not differentiable:
+            return torch.ops.fused_rnn.lstm_packed_inference(xw, w_hh, w_hr, h0, c0, batch_sizes, backend)
+        hs, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_packed_forward(xw, w_hh, w_hr, h0, c0, batch_sizes, backend)
+        return hs, h_n, c_n
+    if mode == "GRU":
+        if not differentiable:
+            hs, h_n = torch.ops.fused_rnn.gru_packed_inference(xw, w_hh, b_hn, h0, batch_sizes, backend)
+            return hs, h_n, None
+        hs, h_n, _ = torch.ops.fused_rnn.gru_packed_forward(xw, w_hh, b_hn, h0, batch_sizes, backend)
+        return hs, h_n, None
+    hs, h_n = torch.ops.fused_rnn.rnn_packed_forward(xw, w_hh, h0, batch_sizes, mode == "RNN_RELU", backend)
+    return hs, h_n, None
+
+
+def reverse_in_time(x: Tensor, lengths: Optional[Tensor], packing: Optional[Packing]) -> Tensor:
+    """Each row reversed in time within its own length: packed rows x [N, F] by the permutation
+    packing.reversed, else x [T, B, F] padded (reverse_padded)."""
+    if packing is not None and x.dim() == 2:
+        return x.index_select(0, packing.reversed)
+    return reverse_padded(x, lengths)
+
+
 def run_direction(
     mode: str,
     x: Tensor,
@@ -129,22 +180,28 @@ def run_direction(
     lengths: Optional[Tensor],
     reverse: bool,
     backend: str,
+    packing: Optional[Packing] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """One layer in one direction over x [T, B, I] -> out [T, B, P], h_n [B, P], c_n [B, H]|None."""
+    """One layer in one direction over x [T, B, I] -> out [T, B, P], h_n [B, P], c_n [B, H]|None;
+    with a packing and x the packed rows [N, I] (lengths None), out [N, P]."""
+    batch_sizes: Optional[Tensor] = None
+    if packing is not None and x.dim() == 2:
+        batch_sizes = packing.batch_sizes
     if reverse:
-        x = reverse_padded(x, lengths)
+        x = reverse_in_time(x, lengths, packing)
     xw, b_hn = input_projection(mode, x, w, backend)
-    out, h_n, c_n = recurrence(mode, xw, w, b_hn, h0, c0, lengths, backend)
+    out, h_n, c_n = recurrence(mode, xw, w, b_hn, h0, c0, lengths, backend, batch_sizes)
     if reverse:
-        out = reverse_padded(out, lengths)
+        out = reverse_in_time(out, lengths, packing)
     return out, h_n, c_n
 
 
 def dropout_between_layers(x: Tensor, packing: Optional[Packing], p: float) -> Tensor:
-    """Dropout of a layer's output x [T, B, F] as torch.nn draws it: over the whole tensor, or, for
-    packed input, over the packed rows (in packed order, so the same random draws as torch.nn's);
-    the padding stays zero."""
-    if packing is None:
+    """Dropout of a layer's output as torch.nn draws it: over the whole tensor x [T, B, F], or, for
+    packed input, over the packed rows (in packed order, so the same random draws as torch.nn's):
+    x itself when it is the packed rows [N, F], else x's rows inside each length, the padding
+    staying zero."""
+    if packing is None or x.dim() == 2:
         return F.dropout(x, p=p, training=True)
     rows = F.dropout(packed_from_padded(x, packing), p=p, training=True)
     return padded_from_packed(rows, packing, x.size(0))
@@ -164,10 +221,13 @@ def run_layers(
     """A stack of layers, each with one or two directions.
 
     x [T, B, I], h0 [L*D, B, P], c0 [L*D, B, H] (LSTM) or None, packing of a PackedSequence input
-    or None -> output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None.
+    or None -> output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None. With a packing, x may
+    be the packed rows [N, I] (see runs_packed): the output is then packed rows [N, D*P].
     Dropout applies to every layer's output but the last's, in training only.
     """
-    lengths = None if packing is None else packing.lengths
+    lengths: Optional[Tensor] = None
+    if packing is not None and x.dim() == 3:
+        lengths = packing.lengths
     h_finals: List[Tensor] = []
     c_finals: List[Tensor] = []
     for index, directions in enumerate(layers):
@@ -175,12 +235,14 @@ def run_layers(
         for direction, w in enumerate(directions):
             slot = index * len(directions) + direction
             c_slot = None if c0 is None else c0[slot]
-            out, h_n, c_n = run_direction(mode, x, w, h0[slot], c_slot, lengths, direction == 1, backend)
+            out, h_n, c_n = run_direction(
+                mode, x, w, h0[slot], c_slot, lengths, direction == 1, backend, packing
+            )
             outputs.append(out)
             h_finals.append(h_n)
             if c_n is not None:
                 c_finals.append(c_n)
-        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         if dropout > 0 and training and index < len(layers) - 1:
             x = dropout_between_layers(x, packing, dropout)
     c_stack = torch.stack(c_finals) if c0 is not None else None

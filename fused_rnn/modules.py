@@ -216,7 +216,8 @@ class RNNBase(_BackendMixin, nn.Module):
         self, x: Tensor, states: List[Tensor], weights: List[Tensor], packing: Optional[Packing]
     ) -> Tuple[Tensor, List[Tensor]]:
         """After the shape checks: the remaining checks in torch.nn's order (ATen's), then every
-        layer over x [T, B, I] -> output [T, B, D*P] and the final states."""
+        layer over x [T, B, I] -> output [T, B, D*P] (packed rows x [N, I] -> [N, D*P], see
+        functional.runs_packed) and the final states."""
         if not torch.jit.is_scripting():
             nn_checks.check_state_count(self.mode, len(states))
         nn_checks.check_devices(x, states, weights)
@@ -282,12 +283,16 @@ class RNNBase(_BackendMixin, nn.Module):
             if sorted_indices is not None:
                 states = [s.index_select(1, sorted_indices) for s in states]
         packing = packing_of(data, batch_sizes, batch)
-        x = padded_from_packed(data, packing, batch_sizes.size(0))
-        output, finals = self._run(x, states, weights, packing)
+        if functional.runs_packed(data, self._backend):
+            output, finals = self._run(data, states, weights, packing)
+        else:
+            x = padded_from_packed(data, packing, batch_sizes.size(0))
+            padded, finals = self._run(x, states, weights, packing)
+            output = packed_from_padded(padded, packing)
         unsorted_indices = input.unsorted_indices
         if unsorted_indices is not None:
             finals = [s.index_select(1, unsorted_indices) for s in finals]
-        return packed_from_padded(output, packing), finals
+        return output, finals
 
 
 def _like(packed: PackedSequence, data: Tensor) -> PackedSequence:

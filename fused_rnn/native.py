@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import attention_ops, ops
+from . import attention_ops, ops, packed_ops
 
 try:
     from . import _C
@@ -30,6 +30,11 @@ OP_NAMES = (
     *(f"native_{cell}_{direction}" for cell in ("rnn", "lstm", "gru") for direction in ("forward", "backward")),
     "native_lstm_inference",
     "native_gru_inference",
+)
+PACKED_OP_NAMES = (
+    *(f"native_{cell}_packed_{direction}" for cell in ("rnn", "lstm", "gru") for direction in ("forward", "backward")),
+    "native_lstm_packed_inference",
+    "native_gru_packed_inference",
 )
 ATTENTION_OP_NAMES = tuple(
     f"native_{score}_attention_{direction}" for score in ("additive", "dot") for direction in ("forward", "backward")
@@ -212,6 +217,82 @@ def gru_backward(
     )
 
 
+# The packed-input functions (fused_rnn.packed_ops: the arguments of the padded ones, per-step
+# tensors [N, .] and batch_sizes in place of lengths), CPU only: fused_rnn.packed_ops runs them
+# for CPU tensors.
+
+
+def rnn_packed_forward(
+    xw: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor, relu: bool
+) -> tuple[Tensor, Tensor]:
+    return tuple(_native_ops().native_rnn_packed_forward(xw, w_hh, h0, batch_sizes, relu))
+
+
+def rnn_packed_backward(
+    grad_hs: Tensor, grad_h_n: Tensor, w_hh: Tensor, h0: Tensor, batch_sizes: Tensor, hs: Tensor, relu: bool
+) -> tuple[Tensor, Tensor]:
+    return tuple(_native_ops().native_rnn_packed_backward(grad_hs, grad_h_n, w_hh, h0, batch_sizes, hs, relu))
+
+
+def lstm_packed_forward(
+    xw: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, batch_sizes: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_lstm_packed_forward(xw, w_hh, w_hr, h0, c0, batch_sizes))
+
+
+def lstm_packed_inference(
+    xw: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, batch_sizes: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_lstm_packed_inference(xw, w_hh, w_hr, h0, c0, batch_sizes))
+
+
+def lstm_packed_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    grad_c_n: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    batch_sizes: Tensor,
+    hs: Tensor,
+    cs: Tensor,
+    gates: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(
+        _native_ops().native_lstm_packed_backward(
+            grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, batch_sizes, hs, cs, gates
+        )
+    )
+
+
+def gru_packed_forward(
+    xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, batch_sizes: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_native_ops().native_gru_packed_forward(xw, w_hh, b_hn, h0, batch_sizes))
+
+
+def gru_packed_inference(
+    xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, batch_sizes: Tensor
+) -> tuple[Tensor, Tensor]:
+    return tuple(_native_ops().native_gru_packed_inference(xw, w_hh, b_hn, h0, batch_sizes))
+
+
+def gru_packed_backward(
+    grad_hs: Tensor,
+    grad_h_n: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    h0: Tensor,
+    batch_sizes: Tensor,
+    hs: Tensor,
+    gates: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(
+        _native_ops().native_gru_packed_backward(grad_hs, grad_h_n, w_hh, b_hn, h0, batch_sizes, hs, gates)
+    )
+
+
 def linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     """x [M, K] @ w [N, K]^T + b ([N], [M, N] or None) -> [M, N]: on the CPU the C++ GEMM
     (oneDNN for float32, see csrc/cpu/gemm.h), elsewhere torch's."""
@@ -262,6 +343,39 @@ def _register_fakes() -> None:
     @register("fused_rnn::native_gru_backward")
     def _(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates):
         return gates.new_empty(*hs.shape[:2], 3 * hs.shape[2]), torch.empty_like(hs), torch.empty_like(h0)
+
+    @register("fused_rnn::native_rnn_packed_forward")
+    def _(xw, w_hh, h0, batch_sizes, relu):
+        return packed_ops.rnn_packed_forward(xw, w_hh, h0, batch_sizes, relu, "native")
+
+    @register("fused_rnn::native_rnn_packed_backward")
+    def _(grad_hs, grad_h_n, w_hh, h0, batch_sizes, hs, relu):
+        return torch.empty_like(hs), torch.empty_like(h0)
+
+    @register("fused_rnn::native_lstm_packed_forward")
+    def _(xw, w_hh, w_hr, h0, c0, batch_sizes):
+        return packed_ops.lstm_packed_forward(xw, w_hh, w_hr, h0, c0, batch_sizes, "native")
+
+    @register("fused_rnn::native_lstm_packed_inference")
+    def _(xw, w_hh, w_hr, h0, c0, batch_sizes):
+        return packed_ops.lstm_packed_inference(xw, w_hh, w_hr, h0, c0, batch_sizes, "native")
+
+    @register("fused_rnn::native_lstm_packed_backward")
+    def _(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, batch_sizes, hs, cs, gates):
+        dw_hr = grad_hs.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
+        return torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0), dw_hr
+
+    @register("fused_rnn::native_gru_packed_forward")
+    def _(xw, w_hh, b_hn, h0, batch_sizes):
+        return packed_ops.gru_packed_forward(xw, w_hh, b_hn, h0, batch_sizes, "native")
+
+    @register("fused_rnn::native_gru_packed_inference")
+    def _(xw, w_hh, b_hn, h0, batch_sizes):
+        return packed_ops.gru_packed_inference(xw, w_hh, b_hn, h0, batch_sizes, "native")
+
+    @register("fused_rnn::native_gru_packed_backward")
+    def _(grad_hs, grad_h_n, w_hh, b_hn, h0, batch_sizes, hs, gates):
+        return gates.new_empty(hs.shape[0], 3 * hs.shape[1]), torch.empty_like(hs), torch.empty_like(h0)
 
     @register("fused_rnn::native_linear")
     def _(x, w, b):

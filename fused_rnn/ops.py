@@ -19,6 +19,9 @@ below is the op's OpOverload.
                              the GEMMs around the recurrence: the input projection of every
                              step and the gradients of the inputs and the weights
 
+Packed input (a PackedSequence's rows, [N, .] per-step tensors) has ops of its own, with the same
+arguments and batch_sizes in place of lengths, and the autograd formulas below: fused_rnn.packed_ops.
+
 The inference ops are what a forward pass runs when no gradient is needed (fused_rnn.functional).
 A backend may implement them (`lstm_inference`, `gru_inference`) to skip writing the saved tensors;
 otherwise they run its forward functions.
@@ -286,7 +289,7 @@ def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend):
     return torch.empty_like(xw), torch.empty_like(hs), torch.empty_like(h0)
 
 
-def _run_inference(backend: str, family: str, args: list, outputs: int) -> tuple[Tensor, ...]:
+def run_inference(backend: str, family: str, args: list, outputs: int) -> tuple[Tensor, ...]:
     """The backend's `<family>_inference` on args, or, for a backend without one, the first
     `outputs` outputs of its `<family>_forward`."""
     implementation = get_backend(backend, args[0].device)
@@ -309,7 +312,7 @@ def lstm_inference(
     """lstm_forward without cs and gates: -> hs [T, B, P], h_n [B, P], c_n [B, H]."""
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return _run_inference(backend, "lstm", contiguous(xw, w_hh, w_hr, h0, c0, lengths), outputs=3)
+    return run_inference(backend, "lstm", contiguous(xw, w_hh, w_hr, h0, c0, lengths), outputs=3)
 
 
 @torch.library.register_fake(lstm_inference)
@@ -330,7 +333,7 @@ def gru_inference(
     """gru_forward without gates: -> hs [T, B, H], h_n [B, H]."""
     check_gru_args(xw, w_hh, b_hn, h0, lengths)
     check_lengths_range(lengths, xw.shape[0])
-    return _run_inference(backend, "gru", contiguous(xw, w_hh, b_hn, h0, lengths), outputs=2)
+    return run_inference(backend, "gru", contiguous(xw, w_hh, b_hn, h0, lengths), outputs=2)
 
 
 @torch.library.register_fake(gru_inference)
@@ -422,7 +425,18 @@ def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _rnn_setup_context(ctx, inputs, output):
+# The forward ops' backward formulas are written once for padded input and for packed input (the
+# ops of fused_rnn.packed_ops, whose arguments sit where the padded ops' do, batch_sizes in place of
+# lengths): `backward_op` is the matching backward op, `weight_grad(d_gates, h0, hs, lengths,
+# backend)` the recurrent weight's gradient in that layout.
+
+
+def padded_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, lengths: Optional[Tensor], backend: str) -> Tensor:
+    """recurrent_weight_grad for padded [T, B, .] tensors (rows past their length have zero d_gates)."""
+    return recurrent_weight_grad(d_gates, h0, hs, backend)
+
+
+def rnn_setup_context(ctx, inputs, output):
     xw, w_hh, h0, lengths, relu, backend = inputs
     hs, _ = output
     ctx.set_materialize_grads(False)
@@ -430,18 +444,23 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.relu, ctx.backend = relu, backend
 
 
-def _rnn_grad(ctx, grad_hs, grad_h_n):
-    xw, w_hh, h0, lengths, hs = ctx.saved_tensors
-    grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-    dxw, dh0 = call_unrecorded(rnn_backward, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
-    dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
-    return dxw, dw_hh, dh0, None, None, None
+def rnn_grad_through(backward_op, weight_grad: Callable) -> Callable:
+    def grad(ctx, grad_hs, grad_h_n):
+        xw, w_hh, h0, lengths, hs = ctx.saved_tensors
+        grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
+        dxw, dh0 = call_unrecorded(backward_op, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
+        dw_hh = weight_grad(dxw, h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
+        return dxw, dw_hh, dh0, None, None, None
+
+    return grad
 
 
-torch.library.register_autograd(rnn_forward, _rnn_grad, setup_context=_rnn_setup_context)
+torch.library.register_autograd(
+    rnn_forward, rnn_grad_through(rnn_backward, padded_weight_grad), setup_context=rnn_setup_context
+)
 
 
-def _lstm_setup_context(ctx, inputs, output):
+def lstm_setup_context(ctx, inputs, output):
     xw, w_hh, w_hr, h0, c0, lengths, backend = inputs
     hs, _, _, cs, gates = output
     ctx.mark_non_differentiable(cs, gates)
@@ -450,20 +469,25 @@ def _lstm_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _lstm_grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
-    xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
-    grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
-    dxw, dh0, dc0, dw_hr = call_unrecorded(
-        lstm_backward, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
-    )
-    dw_hh = recurrent_weight_grad(dxw, h0, hs, ctx.backend) if ctx.needs_input_grad[1] else None
-    return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
+def lstm_grad_through(backward_op, weight_grad: Callable) -> Callable:
+    def grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
+        xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
+        grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
+        dxw, dh0, dc0, dw_hr = call_unrecorded(
+            backward_op, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
+        )
+        dw_hh = weight_grad(dxw, h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
+        return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
+
+    return grad
 
 
-torch.library.register_autograd(lstm_forward, _lstm_grad, setup_context=_lstm_setup_context)
+torch.library.register_autograd(
+    lstm_forward, lstm_grad_through(lstm_backward, padded_weight_grad), setup_context=lstm_setup_context
+)
 
 
-def _gru_setup_context(ctx, inputs, output):
+def gru_setup_context(ctx, inputs, output):
     xw, w_hh, b_hn, h0, lengths, backend = inputs
     hs, _, gates = output
     ctx.mark_non_differentiable(gates)
@@ -472,27 +496,33 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _gru_grad(ctx, grad_hs, grad_h_n, _grad_gates):
-    xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
-    grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-    dxw, d_hn, dh0 = call_unrecorded(
-        gru_backward, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
-    )
-    dw_hh = None
-    if ctx.needs_input_grad[1]:
-        # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
-        d_reset_update = dxw[..., : 2 * h0.shape[1]]
-        dw_hh = torch.cat(
-            [
-                recurrent_weight_grad(d_reset_update, h0, hs, ctx.backend),
-                recurrent_weight_grad(d_hn, h0, hs, ctx.backend),
-            ]
+def gru_grad_through(backward_op, weight_grad: Callable) -> Callable:
+    def grad(ctx, grad_hs, grad_h_n, _grad_gates):
+        xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
+        grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
+        dxw, d_hn, dh0 = call_unrecorded(
+            backward_op, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
         )
-    db_hn = d_hn.sum(dim=(0, 1)) if ctx.needs_input_grad[2] else None
-    return dxw, dw_hh, db_hn, dh0, None, None
+        hidden = h0.shape[1]
+        dw_hh = None
+        if ctx.needs_input_grad[1]:
+            # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
+            d_reset_update = dxw[..., : 2 * hidden]
+            dw_hh = torch.cat(
+                [
+                    weight_grad(d_reset_update, h0, hs, lengths, ctx.backend),
+                    weight_grad(d_hn, h0, hs, lengths, ctx.backend),
+                ]
+            )
+        db_hn = d_hn.reshape(-1, hidden).sum(0) if ctx.needs_input_grad[2] else None
+        return dxw, dw_hh, db_hn, dh0, None, None
+
+    return grad
 
 
-torch.library.register_autograd(gru_forward, _gru_grad, setup_context=_gru_setup_context)
+torch.library.register_autograd(
+    gru_forward, gru_grad_through(gru_backward, padded_weight_grad), setup_context=gru_setup_context
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,70 +555,99 @@ def reference_vjp(
     return [None if x is None else next(grads) for x in inputs]
 
 
-def _rnn_backward_setup_context(ctx, inputs, output):
+# Written once for both layouts like the forward ops' formulas: `call(function, name, args)` runs
+# the reference function `name` of fused_rnn.reference on args in the op's layout (directly for
+# padded input; fused_rnn.packed_ops.padded_call for packed input).
+
+
+def call_padded(function: Callable, name: str, args: list) -> Sequence[Tensor]:
+    """function(*args): the `call` of the padded ops (their arguments are the reference's)."""
+    return function(*args)
+
+
+def rnn_backward_setup_context(ctx, inputs, output):
     grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, relu, backend = inputs
     ctx.save_for_backward(grad_hs, grad_h_n, xw, w_hh, h0, lengths)
     ctx.relu = relu
 
 
-def _rnn_backward_grad(ctx, grad_dxw, grad_dh0):
-    grad_hs, grad_h_n, xw, w_hh, h0, lengths = ctx.saved_tensors
-    relu = ctx.relu
+def rnn_backward_grad_in(call: Callable) -> Callable:
+    def grad(ctx, grad_dxw, grad_dh0):
+        grad_hs, grad_h_n, xw, w_hh, h0, lengths = ctx.saved_tensors
+        relu = ctx.relu
 
-    def backward_from_inputs(grad_hs, grad_h_n, xw, w_hh, h0):
-        hs, _ = reference.rnn_forward(xw, w_hh, h0, lengths, relu)
-        return reference.rnn_backward(grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu)
+        def backward_from_inputs(grad_hs, grad_h_n, xw, w_hh, h0):
+            hs, _ = call(reference.rnn_forward, "rnn_forward", [xw, w_hh, h0, lengths, relu])
+            return call(reference.rnn_backward, "rnn_backward", [grad_hs, grad_h_n, w_hh, h0, lengths, hs, relu])
 
-    grads = reference_vjp(backward_from_inputs, [grad_hs, grad_h_n, xw, w_hh, h0], [grad_dxw, grad_dh0])
-    return (*grads, None, None, None, None)
+        grads = reference_vjp(backward_from_inputs, [grad_hs, grad_h_n, xw, w_hh, h0], [grad_dxw, grad_dh0])
+        return (*grads, None, None, None, None)
+
+    return grad
 
 
-torch.library.register_autograd(rnn_backward, _rnn_backward_grad, setup_context=_rnn_backward_setup_context)
+torch.library.register_autograd(
+    rnn_backward, rnn_backward_grad_in(call_padded), setup_context=rnn_backward_setup_context
+)
 
 
-def _lstm_backward_setup_context(ctx, inputs, output):
+def lstm_backward_setup_context(ctx, inputs, output):
     grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, *_ = inputs
     ctx.save_for_backward(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths)
 
 
-def _lstm_backward_grad(ctx, grad_dxw, grad_dh0, grad_dc0, grad_dw_hr):
-    grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors
+def lstm_backward_grad_in(call: Callable) -> Callable:
+    def grad(ctx, grad_dxw, grad_dh0, grad_dc0, grad_dw_hr):
+        grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths = ctx.saved_tensors
 
-    def backward_from_inputs(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0):
-        hs, _, _, cs, gates = reference.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths)
-        return reference.lstm_backward(
-            grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates
+        def backward_from_inputs(grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0):
+            hs, _, _, cs, gates = call(reference.lstm_forward, "lstm_forward", [xw, w_hh, w_hr, h0, c0, lengths])
+            return call(
+                reference.lstm_backward,
+                "lstm_backward",
+                [grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates],
+            )
+
+        grads = reference_vjp(
+            backward_from_inputs,
+            [grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0],
+            [grad_dxw, grad_dh0, grad_dc0, None if w_hr is None else grad_dw_hr],
         )
+        return (*grads, None, None, None, None, None)
 
-    grads = reference_vjp(
-        backward_from_inputs,
-        [grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0],
-        [grad_dxw, grad_dh0, grad_dc0, None if w_hr is None else grad_dw_hr],
-    )
-    return (*grads, None, None, None, None, None)
+    return grad
 
 
-torch.library.register_autograd(lstm_backward, _lstm_backward_grad, setup_context=_lstm_backward_setup_context)
+torch.library.register_autograd(
+    lstm_backward, lstm_backward_grad_in(call_padded), setup_context=lstm_backward_setup_context
+)
 
 
-def _gru_backward_setup_context(ctx, inputs, output):
+def gru_backward_setup_context(ctx, inputs, output):
     grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, *_ = inputs
     ctx.save_for_backward(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths)
 
 
-def _gru_backward_grad(ctx, grad_dxw, grad_d_hn, grad_dh0):
-    grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths = ctx.saved_tensors
+def gru_backward_grad_in(call: Callable) -> Callable:
+    def grad(ctx, grad_dxw, grad_d_hn, grad_dh0):
+        grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths = ctx.saved_tensors
 
-    def backward_from_inputs(grad_hs, grad_h_n, xw, w_hh, b_hn, h0):
-        hs, _, gates = reference.gru_forward(xw, w_hh, b_hn, h0, lengths)
-        return reference.gru_backward(grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates)
+        def backward_from_inputs(grad_hs, grad_h_n, xw, w_hh, b_hn, h0):
+            hs, _, gates = call(reference.gru_forward, "gru_forward", [xw, w_hh, b_hn, h0, lengths])
+            return call(
+                reference.gru_backward, "gru_backward", [grad_hs, grad_h_n, w_hh, b_hn, h0, lengths, hs, gates]
+            )
 
-    grads = reference_vjp(
-        backward_from_inputs,
-        [grad_hs, grad_h_n, xw, w_hh, b_hn, h0],
-        [grad_dxw, grad_d_hn, grad_dh0],
-    )
-    return (*grads, None, None, None, None)
+        grads = reference_vjp(
+            backward_from_inputs,
+            [grad_hs, grad_h_n, xw, w_hh, b_hn, h0],
+            [grad_dxw, grad_d_hn, grad_dh0],
+        )
+        return (*grads, None, None, None, None)
+
+    return grad
 
 
-torch.library.register_autograd(gru_backward, _gru_backward_grad, setup_context=_gru_backward_setup_context)
+torch.library.register_autograd(
+    gru_backward, gru_backward_grad_in(call_padded), setup_context=gru_backward_setup_context
+)

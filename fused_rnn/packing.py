@@ -31,30 +31,69 @@ def packed_batch(packed: PackedSequence, states: Optional[List[Tensor]]) -> int:
 
 class Packing(NamedTuple):
     """Where the rows of a PackedSequence's data [N, F] sit in the padded grid [T, B]: row n is
-    step `steps[n]` of batch row `rows[n]` (both [N] int64 on the data's device); `lengths` [B]
-    (same device) counts each batch row's steps."""
+    step `steps[n]` of batch row `rows[n]`, `flat[n]` = steps[n] * B + rows[n] (all [N] int64 on
+    the data's device); `lengths` [B] (same device) counts each batch row's steps; `batch_sizes`
+    [T] (on the CPU) is the PackedSequence's; `reversed` [N] (data's device) is the packed row of
+    each row's time-reversed sequence, which packs with the same batch_sizes: row n at step t of a
+    row of length L takes the row at step L - 1 - t (a permutation that is its own inverse)."""
 
     steps: Tensor
     rows: Tensor
+    flat: Tensor
     lengths: Tensor
+    batch_sizes: Tensor
+    reversed: Tensor
+
+
+def packed_grid(batch_sizes: Tensor, rows: int) -> Tensor:
+    """The step of each of the `rows` = N packed rows of batch_sizes [T] (CPU) -> [N] int64, CPU."""
+    return torch.repeat_interleave(torch.arange(batch_sizes.size(0)), batch_sizes, output_size=rows)
+
+
+def step_offsets(batch_sizes: Tensor) -> Tensor:
+    """The first packed row of each step: [T] = cumsum(batch_sizes) - batch_sizes."""
+    return torch.cumsum(batch_sizes, 0) - batch_sizes
+
+
+def flat_index(batch_sizes: Tensor, batch: int, rows: int) -> Tensor:
+    """steps * B + rows of each of the N = `rows` packed rows (see Packing) -> [N] int64, CPU."""
+    steps = packed_grid(batch_sizes, rows)
+    return steps * batch + torch.arange(rows) - step_offsets(batch_sizes)[steps]
+
+
+def previous_rows(batch_sizes: Tensor, batch: int, rows: int) -> Tensor:
+    """For the packed rows past step 0 (rows B .. N-1), the packed row of the same batch row at the
+    step before: row n of step t >= 1 follows row n - batch_sizes[t - 1] -> [N - B] int64, CPU."""
+    later = packed_grid(batch_sizes, rows)[batch:]
+    return torch.arange(batch, rows) - batch_sizes[later - 1]
 
 
 def packing_of(data: Tensor, batch_sizes: Tensor, batch: int) -> Packing:
     """The Packing of a PackedSequence (data [N, F], batch_sizes [T] on the CPU, B = batch)."""
     lengths = (batch_sizes.unsqueeze(0) > torch.arange(batch).unsqueeze(1)).sum(1)
     rows = data.size(0)
-    steps = torch.repeat_interleave(torch.arange(batch_sizes.size(0)), batch_sizes, output_size=rows)
-    first_row_of_step = torch.cumsum(batch_sizes, 0) - batch_sizes
-    batch_rows = torch.arange(rows) - first_row_of_step[steps]
-    return Packing(steps.to(data.device), batch_rows.to(data.device), lengths.to(data.device))
+    steps = packed_grid(batch_sizes, rows)
+    offsets = step_offsets(batch_sizes)
+    batch_rows = torch.arange(rows) - offsets[steps]
+    reversed_rows = offsets[lengths[batch_rows] - 1 - steps] + batch_rows
+    device = data.device
+    return Packing(
+        steps.to(device),
+        batch_rows.to(device),
+        (steps * batch + batch_rows).to(device),
+        lengths.to(device),
+        batch_sizes,
+        reversed_rows.to(device),
+    )
 
 
 def padded_from_packed(data: Tensor, packing: Packing, steps: int) -> Tensor:
     """Packed data [N, F] -> padded [T, B, F] (zeros past each row's length)."""
-    padded = data.new_zeros(steps, packing.lengths.size(0), data.size(1))
-    return padded.index_put((packing.steps, packing.rows), data)
+    batch = packing.lengths.size(0)
+    padded = data.new_zeros(steps * batch, data.size(1))
+    return padded.index_copy(0, packing.flat, data).view(steps, batch, data.size(1))
 
 
 def packed_from_padded(padded: Tensor, packing: Packing) -> Tensor:
     """Padded [T, B, F] -> packed data [N, F] (the rows inside each length, in packed order)."""
-    return padded[packing.steps, packing.rows]
+    return padded.reshape(-1, padded.size(2)).index_select(0, packing.flat)

@@ -9,15 +9,18 @@
 // (direct_product.h).
 //
 // Rows are sorted by non-increasing length (the op wrappers permute other orders): the rows live
-// at step t are a prefix, and the products run over that prefix only. Rows past their length write
-// zeros to every per-step output and keep their carried state.
+// at step t are a prefix, and the products run over that prefix only. Rows past their length keep
+// their carried state. Per-step buffers come in two layouts (SequenceRows::offsets): padded
+// [T, B, ...], where rows past their length write zeros to every per-step output, and packed
+// [N, ...] (N = the sum of the lengths, a PackedSequence's data), where step t holds its live rows
+// only, from row offset(t) on.
 //
 // The kernels are compiled once per CPU capability (sequence_kernels_default.cpp, _avx2.cpp,
 // _avx512.cpp); sequence_kernels() returns the set for this CPU.
 //
 // Pointers: "scalar" memory has the input dtype `dtype`, "acc" memory its accumulation dtype
 // (float for bfloat16/float16, else the same). Every buffer is contiguous; [T, B, ...] tensors are
-// time-major.
+// time-major, or packed [N, ...] (see above).
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -27,12 +30,14 @@
 namespace fused_rnn::cpu {
 
 /// Which rows run at time step `step` of `steps`: row b is live while step < lengths[b]
-/// (every row is live when lengths is null).
+/// (every row is live when lengths is null). The step's per-step buffers hold rows [0, stored):
+/// all `batch` rows when padded, the live ones when packed.
 struct StepRows {
   int64_t batch;
   int64_t steps;
   int64_t step;
   const int64_t* lengths;
+  int64_t stored;
 
   bool live(int64_t b) const { return lengths == nullptr ? step < steps : step < lengths[b]; }
   /// Whether row b ran the step after this one, i.e. whether a backward pass has carried its
@@ -43,15 +48,22 @@ struct StepRows {
 };
 
 /// The rows of one call: `batch` rows of lengths in [1, steps] sorted non-increasing, or all of
-/// length `steps` when lengths is null.
+/// length `steps` when lengths is null; and the layout of the per-step buffers: padded when
+/// offsets is null (step t from row t * batch on), else packed, step t from row offsets[t] on
+/// (offsets [steps + 1]: offsets[t] = the sum of live(0 .. t-1), offsets[steps] = N).
 struct SequenceRows {
   int64_t batch;
   int64_t steps;
   const int64_t* lengths;
+  const int64_t* offsets;
 
-  StepRows at(int64_t step) const { return {batch, steps, step, lengths}; }
+  StepRows at(int64_t step) const {
+    return {batch, steps, step, lengths, offsets == nullptr ? batch : live(step)};
+  }
   /// The number of rows live at `step` (0 for step >= steps): they are rows [0, live(step)).
   int64_t live(int64_t step) const;
+  /// The first row of step `step` (0 <= step <= steps) in a per-step buffer.
+  int64_t offset(int64_t step) const { return offsets == nullptr ? step * batch : offsets[step]; }
 };
 
 /// Vanilla RNN forward: h[t] = act(xw[t] + h[t-1] @ W_hh^T), act = relu or tanh.

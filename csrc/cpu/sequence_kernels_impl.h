@@ -5,8 +5,9 @@
 // A kernel is a list of stages per time step (run_sequence). A stage multiplies a carried operand
 // by one weight (panel_gemm_impl.h) and runs a pointwise pass over the units of each panel of the
 // product; the team meets at a barrier after each stage. The pointwise passes (section "Steps")
-// compute the gate math in the accumulation dtype acc_t over every row of a range of units: live
-// rows get the cell's math, rows past their length zeros in the per-step outputs.
+// compute the gate math in the accumulation dtype acc_t over every row of a range of units that
+// the step's buffers hold: live rows get the cell's math; in the padded layout rows past their
+// length get zeros in the per-step outputs (the packed layout holds live rows only).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -105,15 +106,16 @@ const T* row(const void* base, int64_t b, int64_t width) {
   return static_cast<const T*>(base) + b * width;
 }
 
-/// Address of time step t of a [T, rows, width] buffer of T elements.
+/// Address of time step t's first row in a per-step buffer of `rows`' layout ([T, B, width] or
+/// [N, width] of T elements).
 template <typename T>
-T* at_step(void* base, int64_t t, int64_t rows, int64_t width) {
-  return static_cast<T*>(base) + t * rows * width;
+T* at_step(void* base, const SequenceRows& rows, int64_t t, int64_t width) {
+  return static_cast<T*>(base) + rows.offset(t) * width;
 }
 
 template <typename T>
-const T* at_step(const void* base, int64_t t, int64_t rows, int64_t width) {
-  return static_cast<const T*>(base) + t * rows * width;
+const T* at_step(const void* base, const SequenceRows& rows, int64_t t, int64_t width) {
+  return static_cast<const T*>(base) + rows.offset(t) * width;
 }
 
 /// The rows and units one pointwise pass covers.
@@ -122,10 +124,12 @@ struct Block {
   int64_t unit_begin, unit_end;
 };
 
-/// Calls span(b, unit_begin, unit_end) on every row b of the block.
+/// Calls span(b, unit_begin, unit_end) on every row b of the block that the step's buffers hold
+/// (in the packed layout, the live ones).
 template <typename Span>
-void over_rows(const Block& block, const Span& span) {
-  for (int64_t b = block.row_begin; b < block.row_end; ++b) {
+void over_rows(const StepRows& rows, const Block& block, const Span& span) {
+  const int64_t end = std::min(block.row_end, rows.stored);
+  for (int64_t b = block.row_begin; b < end; ++b) {
     span(b, block.unit_begin, block.unit_end);
   }
 }
@@ -151,7 +155,7 @@ void rnn_forward_step(const RnnForwardStep& s, const Block& block) {
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* hs = row<scalar_t>(s.hs, b, H);
     if (!s.rows.live(b)) {
       fill_zero(hs + j0, j1 - j0);
@@ -189,7 +193,7 @@ void rnn_backward_step(const RnnBackwardStep& s, const Block& block) {
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* dxw = row<scalar_t>(s.dxw, b, H);
     acc_t* d_pre = s.d_pre ? row<acc_t>(s.d_pre, b, H) : nullptr;
     if (!s.rows.live(b)) {
@@ -232,7 +236,7 @@ void lstm_forward_step(const LstmForwardStep& s, const Block& block) {
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
   const bool projected = s.unprojected != nullptr;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* gates = s.gates ? row<scalar_t>(s.gates, b, 4 * H) : nullptr;
     acc_t* cs = s.cs ? row<acc_t>(s.cs, b, H) : nullptr;
     if (!s.rows.live(b)) {
@@ -290,7 +294,7 @@ void projected_state_step(const StateStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   const int64_t P = s.units;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* hs = row<scalar_t>(s.hs, b, P);
     if (!s.rows.live(b)) {
       fill_zero(hs + j0, j1 - j0);
@@ -322,7 +326,7 @@ void output_grad_step(const OutputGradStep& s, const Block& block) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   const int64_t P = s.units;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     acc_t* grad = row<acc_t>(s.grad, b, P);
     if (!s.rows.live(b)) {
       fill_zero(grad + j0, j1 - j0);
@@ -361,7 +365,7 @@ void lstm_backward_step(const LstmBackwardStep& s, const Block& block) {
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
   const bool projected = s.d_h != nullptr;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* dxw = row<scalar_t>(s.dxw, b, 4 * H);
     acc_t* d_pre = s.d_pre ? row<acc_t>(s.d_pre, b, 4 * H) : nullptr;
     acc_t* unprojected = s.unprojected ? row<acc_t>(s.unprojected, b, H) : nullptr;
@@ -432,7 +436,7 @@ void gru_forward_step(const GruForwardStep& s, const Block& block) {
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
   const scalar_t* b_hn = static_cast<const scalar_t*>(s.b_hn);
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* gates = s.gates ? row<scalar_t>(s.gates, b, 4 * H) : nullptr;
     scalar_t* hs = row<scalar_t>(s.hs, b, H);
     if (!s.rows.live(b)) {
@@ -488,7 +492,7 @@ void gru_backward_step(const GruBackwardStep& s, const Block& block) {
   using acc_t = typename L::acc_t;
   using Vec = typename L::Vec;
   const int64_t H = s.hidden;
-  over_rows(block, [&](int64_t b, int64_t j0, int64_t j1) {
+  over_rows(s.rows, block, [&](int64_t b, int64_t j0, int64_t j1) {
     scalar_t* dxw = row<scalar_t>(s.dxw, b, 3 * H);
     scalar_t* d_hn = row<scalar_t>(s.d_hn, b, H);
     acc_t* d_hidden = row<acc_t>(s.d_hidden, b, 3 * H);
@@ -713,8 +717,8 @@ void rnn_forward(const RnnForwardSequence& s) {
       [&](int64_t t) { return state.of_step(t - 1); },
       [&](int64_t) { return hw.get(0); },
       [&](int64_t t, const Block& block) {
-        rnn_forward_step<scalar_t>({s.rows.at(t), H, s.relu, at_step<scalar_t>(s.xw, t, B, H),
-                                    hw.get(0), at_step<scalar_t>(s.hs, t, B, H),
+        rnn_forward_step<scalar_t>({s.rows.at(t), H, s.relu, at_step<scalar_t>(s.xw, s.rows, t, H),
+                                    hw.get(0), at_step<scalar_t>(s.hs, s.rows, t, H),
                                     state.of_step(t)}, block);
       },
   }}};
@@ -730,7 +734,7 @@ void rnn_backward(const RnnBackwardSequence& s) {
   // half type, else two alternating buffers.
   const Buffers<acc_t> d_pre(kReduced ? 2 : 0, B, H);
   const auto d_pre_of = [&](int64_t t) -> acc_t* {
-    return kReduced ? d_pre.of_step(t) : at_step<acc_t>(s.dxw, t, B, H);
+    return kReduced ? d_pre.of_step(t) : at_step<acc_t>(s.dxw, s.rows, t, H);
   };
   acc_t* dh = static_cast<acc_t*>(s.dh0);  // d_pre[t+1] @ W_hh, at the end d_pre[0] @ W_hh
   std::array<Stage<acc_t>, 1> stages{{{
@@ -740,8 +744,8 @@ void rnn_backward(const RnnBackwardSequence& s) {
       [&](int64_t) { return dh; },
       [&](int64_t t, const Block& block) {
         rnn_backward_step<scalar_t>(
-            {s.rows.at(t), H, s.relu, at_step<scalar_t>(s.grad_hs, t, B, H),
-             at_step<scalar_t>(s.hs, t, B, H), dh, s.dh_final, at_step<scalar_t>(s.dxw, t, B, H),
+            {s.rows.at(t), H, s.relu, at_step<scalar_t>(s.grad_hs, s.rows, t, H),
+             at_step<scalar_t>(s.hs, s.rows, t, H), dh, s.dh_final, at_step<scalar_t>(s.dxw, s.rows, t, H),
              kReduced ? d_pre_of(t) : nullptr}, block);
       },
   }}};
@@ -767,10 +771,10 @@ void lstm_forward(const LstmForwardSequence& s) {
       [&](int64_t) { return hw.get(0); },
       [&](int64_t t, const Block& block) {
         lstm_forward_step<scalar_t>(
-            {s.rows.at(t), H, at_step<scalar_t>(s.xw, t, B, 4 * H), hw.get(0),
-             save ? at_step<scalar_t>(s.gates, t, B, 4 * H) : nullptr,
-             save ? at_step<acc_t>(s.cs, t, B, H) : nullptr, s.c,
-             projected ? nullptr : at_step<scalar_t>(s.hs, t, B, H),
+            {s.rows.at(t), H, at_step<scalar_t>(s.xw, s.rows, t, 4 * H), hw.get(0),
+             save ? at_step<scalar_t>(s.gates, s.rows, t, 4 * H) : nullptr,
+             save ? at_step<acc_t>(s.cs, s.rows, t, H) : nullptr, s.c,
+             projected ? nullptr : at_step<scalar_t>(s.hs, s.rows, t, H),
              projected ? nullptr : state_of(t), projected ? unprojected.get(0) : nullptr}, block);
       },
   };
@@ -785,7 +789,7 @@ void lstm_forward(const LstmForwardSequence& s) {
       [&](int64_t) { return h_projected.get(0); },
       [&](int64_t t, const Block& block) {
         projected_state_step<scalar_t>(
-            {s.rows.at(t), P, h_projected.get(0), at_step<scalar_t>(s.hs, t, B, P), state.get(0)}, block);
+            {s.rows.at(t), P, h_projected.get(0), at_step<scalar_t>(s.hs, s.rows, t, P), state.get(0)}, block);
       },
   };
   std::array<Stage<acc_t>, 2> stages{{gates_stage, projection_stage}};
@@ -801,18 +805,18 @@ void lstm_backward(const LstmBackwardSequence& s) {
   // The product reads the unrounded gate gradients of step t + 1 (see rnn_backward).
   const Buffers<acc_t> d_pre(kReduced ? 2 : 0, B, 4 * H), d_h(projected ? 1 : 0, B, H);
   const auto d_pre_of = [&](int64_t t) -> acc_t* {
-    return kReduced ? d_pre.of_step(t) : at_step<acc_t>(s.dxw, t, B, 4 * H);
+    return kReduced ? d_pre.of_step(t) : at_step<acc_t>(s.dxw, s.rows, t, 4 * H);
   };
   acc_t* dh = static_cast<acc_t*>(s.dh0);  // d_pre[t+1] @ W_hh, at the end d_pre[0] @ W_hh
   const auto gate_grads = [&](int64_t t, const Block& block) {
     lstm_backward_step<scalar_t>(
-        {s.rows.at(t), H, at_step<scalar_t>(s.gates, t, B, 4 * H), at_step<acc_t>(s.cs, t, B, H),
-         t > 0 ? at_step<acc_t>(s.cs, t - 1, B, H) : static_cast<const acc_t*>(s.c0),
-         projected ? nullptr : at_step<scalar_t>(s.grad_hs, t, B, H),
+        {s.rows.at(t), H, at_step<scalar_t>(s.gates, s.rows, t, 4 * H), at_step<acc_t>(s.cs, s.rows, t, H),
+         t > 0 ? at_step<acc_t>(s.cs, s.rows, t - 1, H) : static_cast<const acc_t*>(s.c0),
+         projected ? nullptr : at_step<scalar_t>(s.grad_hs, s.rows, t, H),
          projected ? nullptr : dh, projected ? nullptr : s.dh_final,
-         projected ? d_h.get(0) : nullptr, s.dc, at_step<scalar_t>(s.dxw, t, B, 4 * H),
+         projected ? d_h.get(0) : nullptr, s.dc, at_step<scalar_t>(s.dxw, s.rows, t, 4 * H),
          kReduced ? d_pre_of(t) : nullptr,
-         projected ? at_step<acc_t>(s.unprojected, t, B, H) : nullptr}, block);
+         projected ? at_step<acc_t>(s.unprojected, s.rows, t, H) : nullptr}, block);
   };
   Stage<acc_t> carried_stage{
       Panels<acc_t>::layout(1, P, 4 * H), static_cast<const acc_t*>(s.w_hh), false, false,
@@ -822,9 +826,9 @@ void lstm_backward(const LstmBackwardSequence& s) {
       projected ? std::function<void(int64_t, const Block&)>(
                       [&](int64_t t, const Block& block) {
                         output_grad_step<scalar_t>({s.rows.at(t), P,
-                                                    at_step<scalar_t>(s.grad_hs, t, B, P), dh,
+                                                    at_step<scalar_t>(s.grad_hs, s.rows, t, P), dh,
                                                     s.dh_final,
-                                                    at_step<acc_t>(s.grad_out, t, B, P)}, block);
+                                                    at_step<acc_t>(s.grad_out, s.rows, t, P)}, block);
                       })
                 : std::function<void(int64_t, const Block&)>(gate_grads),
   };
@@ -836,7 +840,7 @@ void lstm_backward(const LstmBackwardSequence& s) {
   Stage<acc_t> projection_stage{
       Panels<acc_t>::layout(1, H, P), static_cast<const acc_t*>(s.w_hr), false, false,
       [&](int64_t t) { return t >= 0 ? s.rows.live(t) : 0; },
-      [&](int64_t t) { return at_step<acc_t>(s.grad_out, t, B, P); },
+      [&](int64_t t) { return at_step<acc_t>(s.grad_out, s.rows, t, P); },
       [&](int64_t) { return d_h.get(0); },
       gate_grads,
   };
@@ -857,9 +861,9 @@ void gru_forward(const GruForwardSequence& s) {
       [&](int64_t) { return hw.get(0); },
       [&](int64_t t, const Block& block) {
         gru_forward_step<scalar_t>(
-            {s.rows.at(t), H, at_step<scalar_t>(s.xw, t, B, 3 * H), hw.get(0), s.b_hn,
-             state.of_step(t - 1), s.gates ? at_step<scalar_t>(s.gates, t, B, 4 * H) : nullptr,
-             at_step<scalar_t>(s.hs, t, B, H), state.of_step(t)}, block);
+            {s.rows.at(t), H, at_step<scalar_t>(s.xw, s.rows, t, 3 * H), hw.get(0), s.b_hn,
+             state.of_step(t - 1), s.gates ? at_step<scalar_t>(s.gates, s.rows, t, 4 * H) : nullptr,
+             at_step<scalar_t>(s.hs, s.rows, t, H), state.of_step(t)}, block);
       },
   }}};
   run_sequence(stages, B, T, /*backward=*/false);
@@ -881,11 +885,11 @@ void gru_backward(const GruBackwardSequence& s) {
       [&](int64_t) { return dh; },
       [&](int64_t t, const Block& block) {
         gru_backward_step<scalar_t>(
-            {s.rows.at(t), H, at_step<scalar_t>(s.grad_hs, t, B, H),
-             at_step<scalar_t>(s.gates, t, B, 4 * H),
-             t > 0 ? at_step<scalar_t>(s.hs, t - 1, B, H) : static_cast<const scalar_t*>(s.h0),
-             s.dh_final, dh, at_step<scalar_t>(s.dxw, t, B, 3 * H),
-             at_step<scalar_t>(s.d_hn, t, B, H), d_hidden.of_step(t)}, block);
+            {s.rows.at(t), H, at_step<scalar_t>(s.grad_hs, s.rows, t, H),
+             at_step<scalar_t>(s.gates, s.rows, t, 4 * H),
+             t > 0 ? at_step<scalar_t>(s.hs, s.rows, t - 1, H) : static_cast<const scalar_t*>(s.h0),
+             s.dh_final, dh, at_step<scalar_t>(s.dxw, s.rows, t, 3 * H),
+             at_step<scalar_t>(s.d_hn, s.rows, t, H), d_hidden.of_step(t)}, block);
       },
   }}};
   run_sequence(stages, B, T, /*backward=*/true);
