@@ -587,8 +587,8 @@ struct Stage {
 constexpr int64_t kFlopsPerExtraThread = 1 << 18;
 // The team splits the rows instead of the units when each member's step reads the whole weight
 // from its own L2 cache (up to this size: half of a 1 MiB L2, which also holds the step's
-// operands; an LSTM's 1 MiB W_hh at H = 256, B = 16 ran 14 % faster split by units), or, for rows
-// of one length, has this many rows to reuse each panel on.
+// operands; an LSTM's 1 MiB W_hh at H = 256, B = 16 ran 14 % faster split by units), or has this
+// many rows to reuse each panel on.
 constexpr int64_t kRowSplitWeightBytes = int64_t{1} << 19;
 constexpr int64_t kRowSplitRowsPerMember = 16;
 
@@ -601,16 +601,12 @@ constexpr int64_t kRowSplitRowsPerMember = 16;
 /// (the next stage reads the state every member wrote). By rows, where the weight is small or the
 /// batch large: each member runs every stage on its own blocks of rows, which depend on no other
 /// row, so the team meets only once, after packing. The blocks interleave (member m has blocks m,
-/// m + size, ...) so that rows sorted by length share the work evenly. Rows of different lengths
-/// split by rows only for a small weight: once the live rows fit in fewer blocks than the team
-/// has members, the others wait (LSTM B = 64, H = 512, lengths uniform in [T/4, T]: 14 % faster
-/// split by units).
+/// m + size, ...) so that rows sorted by length share the work evenly.
 /// A single step reads the weights in place (direct_product).
 template <typename acc_t, size_t kStages>
 void run_sequence(std::array<Stage<acc_t>, kStages>& stages, const SequenceRows& sequence,
                   bool backward) {
   const int64_t batch = sequence.batch, steps = sequence.steps;
-  const bool one_length = sequence.lengths == nullptr;
   if (batch == 0) {
     return;  // an empty batch (torch.nn runs one): no row to compute, and no block to split
   }
@@ -625,8 +621,7 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, const SequenceRows&
   }
   const int most = static_cast<int>(std::min<int64_t>(team_threads(), 1 + flops / kFlopsPerExtraThread));
   const bool split_rows = most > 1 && batch >= 2 * most &&
-                          (weight_bytes <= kRowSplitWeightBytes ||
-                           (one_length && batch >= kRowSplitRowsPerMember * most));
+                          (weight_bytes <= kRowSplitWeightBytes || batch >= kRowSplitRowsPerMember * most);
   const int threads = split_rows ? most : static_cast<int>(std::min<int64_t>(most, panels));
   // By units: the units of this member's panels, for every row.
   const auto unit_block = [&](const Team& team, const Stage<acc_t>& stage) {
