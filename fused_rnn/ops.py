@@ -427,13 +427,18 @@ def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
 
 # The forward ops' backward formulas are written once for padded input and for packed input (the
 # ops of fused_rnn.packed_ops, whose arguments sit where the padded ops' do, batch_sizes in place of
-# lengths): `backward_op` is the matching backward op, `weight_grad(d_gates, h0, hs, lengths,
-# backend)` the recurrent weight's gradient in that layout.
+# lengths): `backward_op` is the matching backward op, `weight_grad(blocks, h0, hs, lengths,
+# backend)` the recurrent weight's gradient in that layout, for gate gradients given as column
+# blocks (GRU's come from two tensors) and concatenated in their order.
 
 
-def padded_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, lengths: Optional[Tensor], backend: str) -> Tensor:
-    """recurrent_weight_grad for padded [T, B, .] tensors (rows past their length have zero d_gates)."""
-    return recurrent_weight_grad(d_gates, h0, hs, backend)
+def padded_weight_grad(
+    blocks: list[Tensor], h0: Tensor, hs: Tensor, lengths: Optional[Tensor], backend: str
+) -> Tensor:
+    """recurrent_weight_grad of each block [T, B, G_i] for padded tensors (rows past their length
+    have zero gate gradients) -> [sum G_i, P]."""
+    grads = [recurrent_weight_grad(d_gates, h0, hs, backend) for d_gates in blocks]
+    return grads[0] if len(grads) == 1 else torch.cat(grads)
 
 
 def rnn_setup_context(ctx, inputs, output):
@@ -449,7 +454,7 @@ def rnn_grad_through(backward_op, weight_grad: Callable) -> Callable:
         xw, w_hh, h0, lengths, hs = ctx.saved_tensors
         grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
         dxw, dh0 = call_unrecorded(backward_op, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
-        dw_hh = weight_grad(dxw, h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
+        dw_hh = weight_grad([dxw], h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
         return dxw, dw_hh, dh0, None, None, None
 
     return grad
@@ -476,7 +481,7 @@ def lstm_grad_through(backward_op, weight_grad: Callable) -> Callable:
         dxw, dh0, dc0, dw_hr = call_unrecorded(
             backward_op, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
         )
-        dw_hh = weight_grad(dxw, h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
+        dw_hh = weight_grad([dxw], h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
         return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
 
     return grad
@@ -507,13 +512,7 @@ def gru_grad_through(backward_op, weight_grad: Callable) -> Callable:
         dw_hh = None
         if ctx.needs_input_grad[1]:
             # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
-            d_reset_update = dxw[..., : 2 * hidden]
-            dw_hh = torch.cat(
-                [
-                    weight_grad(d_reset_update, h0, hs, lengths, ctx.backend),
-                    weight_grad(d_hn, h0, hs, lengths, ctx.backend),
-                ]
-            )
+            dw_hh = weight_grad([dxw[..., : 2 * hidden], d_hn], h0, hs, lengths, ctx.backend)
         db_hn = d_hn.reshape(-1, hidden).sum(0) if ctx.needs_input_grad[2] else None
         return dxw, dw_hh, db_hn, dh0, None, None
 

@@ -236,9 +236,7 @@ def lstm_packed_backward(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dxw [N, 4H], dh0 [B, P], dc0 [B, H], dw_hr [P, H] (shape [0] without projection)."""
-    grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0 = ops.contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0)
-    hs, cs, gates = ops.contiguous(hs, cs, gates)
-    args = [grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, batch_sizes, hs, cs, gates]
+    args = ops.contiguous(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, batch_sizes, hs, cs, gates)
     return _run(backend, "lstm_backward", args)
 
 
@@ -321,15 +319,20 @@ def _(grad_hs, grad_h_n, xw, w_hh, b_hn, h0, batch_sizes, hs, gates, backend):
 # ----------------------------------------------------------------------------------------------
 
 
-def packed_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, batch_sizes: Tensor, backend: str) -> Tensor:
-    """sum over the packed rows of d_gates[n]^T h[n's previous step]: d_gates [N, G], h0 [B, P],
-    hs [N, P] -> [G, P]. Step 0's rows (the first B) take h0; the others the row of the step before,
-    gathered once ([N - B, P]; no rows when every row has length 1, and no branch on that, since B
-    is data under torch.compile)."""
-    batch, rows = h0.shape[0], d_gates.shape[0]
-    first = call_unrecorded(ops.linear, d_gates[:batch].t(), h0.t(), None, backend)
+def packed_weight_grad(
+    blocks: list[Tensor], h0: Tensor, hs: Tensor, batch_sizes: Tensor, backend: str
+) -> Tensor:
+    """For each block d_gates [N, G_i] the sum over the packed rows of d_gates[n]^T h[n's previous
+    step] (h0 [B, P], hs [N, P]) -> [sum G_i, P]. Step 0's rows (the first B) take h0; the others
+    the row of the step before, gathered once for every block ([N - B, P]; no rows when every row
+    has length 1, and no branch on that, since B is data under torch.compile)."""
+    batch, rows = h0.shape[0], hs.shape[0]
     previous = hs.index_select(0, previous_rows(batch_sizes, batch, rows).to(hs.device))
-    return call_unrecorded(ops.linear, d_gates[batch:].t(), previous.t(), first, backend)
+    grads = []
+    for d_gates in blocks:
+        first = call_unrecorded(ops.linear, d_gates[:batch].t(), h0.t(), None, backend)
+        grads.append(call_unrecorded(ops.linear, d_gates[batch:].t(), previous.t(), first, backend))
+    return grads[0] if len(grads) == 1 else torch.cat(grads)
 
 
 torch.library.register_autograd(
