@@ -1,10 +1,12 @@
 // fused_rnn._C as a Python module. Loading it registers the ops (ops.cpp and the per-device
-// TORCH_LIBRARY_IMPL blocks); pybind11 exposes facts about the build only.
+// TORCH_LIBRARY_IMPL blocks); pybind11 exposes facts about the build and the CPU buffer pool's
+// controls.
 #include <pybind11/pybind11.h>
 #include <torch/version.h>
 
 #include <string>
 
+#include "cpu/buffer_pool.h"
 #include "cpu/gemm.h"
 #include "cpu/sequence_kernels.h"
 #ifdef FUSED_RNN_WITH_CUDA
@@ -70,4 +72,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "float32 GEMMs outside the step loops run through PyTorch's oneDNN; aten: at::mm), "
         "with_cuda, "
         "cuda_version, cuda_archs (compute capabilities compiled for).");
+  m.def(
+      "cpu_buffer_pool_stats",
+      [] {
+        pybind11::dict stats;
+        stats["cached_bytes"] = fused_rnn::cpu::buffer_pool_cached_bytes();
+        stats["in_use_bytes"] = fused_rnn::cpu::buffer_pool_in_use_bytes();
+        stats["limit_bytes"] = fused_rnn::cpu::buffer_pool_limit();
+        return stats;
+      },
+      "The CPU buffer pool's cached_bytes (held unused), in_use_bytes, limit_bytes.");
+  m.def("set_cpu_buffer_pool_limit", &fused_rnn::cpu::set_buffer_pool_limit, pybind11::arg("bytes"),
+        "The most bytes the CPU buffer pool holds unused (0: none).");
+  m.def("empty_cpu_buffer_pool", &fused_rnn::cpu::empty_buffer_pool,
+        "Unmaps every block the CPU buffer pool holds unused.");
 }

@@ -120,6 +120,32 @@ def _native_ops():
     return torch.ops.fused_rnn
 
 
+def cpu_buffer_pool() -> dict:
+    """The pool of the native CPU ops' buffers larger than 32 MiB (the input projection, hs, the
+    saved gates and cell states, their gradients): freed blocks are kept for later calls instead
+    of being mapped afresh, whose first touch costs more than the math at large sizes. Returns
+    cached_bytes (held unused), in_use_bytes and limit_bytes, the most it holds unused
+    (FUSED_RNN_CPU_CACHE_MB MiB at start-up, default a quarter of physical memory)."""
+    _native_ops()
+    return dict(_C.cpu_buffer_pool_stats())
+
+
+def set_cpu_buffer_pool_limit(limit_bytes: int) -> None:
+    """Sets the most bytes the CPU buffer pool holds unused (0: it holds none), unmapping the
+    least recently freed blocks beyond it."""
+    if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
+        raise ValueError(f"limit_bytes must be a non-negative int, got {limit_bytes!r}")
+    _native_ops()
+    _C.set_cpu_buffer_pool_limit(limit_bytes)
+
+
+def empty_cpu_buffer_pool() -> None:
+    """Unmaps every block the CPU buffer pool holds unused (as torch.cuda.empty_cache does);
+    blocks in use return to the pool when their tensors are freed."""
+    _native_ops()
+    _C.empty_cpu_buffer_pool()
+
+
 # ----------------------------------------------------------------------------------------------
 # The six functions of a backend (see fused_rnn.reference for shapes and saved tensors) and the
 # inference variants of the LSTM and GRU forward functions (see fused_rnn.ops).
