@@ -121,7 +121,7 @@ def _native_ops():
 
 
 def cpu_buffer_pool() -> dict:
-    """The pool of the native CPU ops' buffers larger than 32 MiB (the input projection, hs, the
+    """The pool of the native CPU ops' buffers larger than 31 MiB (the input projection, hs, the
     saved gates and cell states, their gradients): freed blocks are kept for later calls instead
     of being mapped afresh, whose first touch costs more than the math at large sizes. Returns
     cached_bytes (held unused), in_use_bytes and limit_bytes, the most it holds unused

@@ -1,4 +1,4 @@
-"""The CPU buffer pool of the native ops (csrc/cpu/buffer_pool.h): buffers above 32 MiB are kept
+"""The CPU buffer pool of the native ops (csrc/cpu/buffer_pool.h): buffers above 31 MiB are kept
 when freed and handed to the next call of a size they fit; at most the limit stays unused (oldest
 unmapped first); smaller buffers are PyTorch's; the profiler sees pooled allocations; kernels
 writing into reused (stale) memory give bitwise the results they give on fresh memory.
@@ -71,11 +71,20 @@ def test_a_block_over_twice_the_request_is_left_cached(pool):
     }
 
 
-def test_buffers_up_to_32_mib_are_not_pooled(pool):
-    y = large_output(8183)  # 31.99 MiB
+def test_buffers_up_to_31_mib_are_not_pooled(pool):
+    y = large_output(7928)  # 30.9996 MiB
     assert native.cpu_buffer_pool()["in_use_bytes"] == 0
     del y
     assert native.cpu_buffer_pool()["cached_bytes"] == 0
+    y = large_output(7929)  # 31.0035 MiB
+    assert native.cpu_buffer_pool()["in_use_bytes"] == 32 * MiB
+
+
+def test_a_large_output_takes_its_bias(pool):
+    x, w, b = torch.randn(ROWS, 3), torch.randn(COLS, 3), torch.randn(COLS)
+    torch.testing.assert_close(torch.ops.fused_rnn.native_linear(x, w, b), torch.addmm(b, x, w.t()))
+    b2 = torch.randn(ROWS, COLS)
+    torch.testing.assert_close(torch.ops.fused_rnn.native_linear(x, w, b2), torch.addmm(b2, x, w.t()))
 
 
 def test_the_limit_unmaps_the_least_recently_freed_blocks(pool):

@@ -31,19 +31,19 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) 
   }
   // oneDNN's fused bias writes an output ATen allocates. glibc serves allocations up to its
   // largest mmap threshold (32 MiB on 64-bit Linux) from memory freed by earlier calls, but maps
-  // larger ones afresh, whose first touch costs as much as the GEMM at large M: an output that
-  // large comes from the buffer pool instead and takes the bias as a first pass over it
-  // (measured with 2 threads: 16 MiB output 5.6 ms fused against 7.1 ms with the first pass,
-  // 128 MiB on fresh memory 34 ms with the first pass in huge pages against 58 ms fused).
+  // larger ones afresh, whose first touch costs as much as the GEMM at large M: a larger output
+  // comes from the buffer pool instead and takes the bias in a pass after the GEMM (oneDNN's
+  // GEMM accumulating onto a copy of the bias is slower: [16384, 256] @ [256, 1024] with 2
+  // threads, 20.6 ms without bias, 24.1 ms onto the bias, 20.5 ms with the pass after).
   const bool large = static_cast<uint64_t>(M * N * x.element_size()) > kLargestUnpooledBytes;
   if (b.has_value() && b->dim() == 1 && !large) {
     return linear_with_bias(x, w, *b);
   }
   Tensor y = empty_sequence({M, N}, x.options());
+  gemm_into(x, w.t(), y, /*accumulate=*/false);
   if (b.has_value()) {
-    y.copy_(b->expand({M, N}));
+    y.add_(*b);
   }
-  gemm_into(x, w.t(), y, /*accumulate=*/b.has_value());
   return y;
 }
 
