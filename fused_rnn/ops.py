@@ -399,13 +399,23 @@ def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
     return linear(x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
 
 
+# Up to this size of hs, recurrent_weight_grad copies the previous states into one operand: one
+# GEMM call instead of two costs less than the copy (T = 64, B = 1, H = 128, LSTM: 39 us against
+# 61 us on the CPU).
+_ONE_GEMM_HIDDEN_BYTES = 256 * 1024
+
+
 def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str = "reference") -> Tensor:
     """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
 
-    Two GEMMs over views (step 0 against h0, steps 1.. added to it against hs[:-1]); no copy of hs
-    nor of d_gates (a slice of the last dimension of a contiguous tensor is a view). A single step
-    (a decoder called once per step) runs the first only.
+    Two GEMMs over views (step 0 against h0, steps 1.. added to it against hs[:-1]); no copy of a
+    large hs nor of d_gates (a slice of the last dimension of a contiguous tensor is a view). A
+    single step (a decoder called once per step) runs the first only; a small hs runs one GEMM
+    against [h0, hs[:-1]].
     """
+    if d_gates.shape[0] > 1 and hs.numel() * hs.element_size() <= _ONE_GEMM_HIDDEN_BYTES:
+        previous = torch.cat([h0.unsqueeze(0), hs[:-1]]).reshape(-1, hs.shape[2])
+        return call_unrecorded(linear, d_gates.reshape(-1, d_gates.shape[2]).t(), previous.t(), None, backend)
     first = call_unrecorded(linear, d_gates[0].t(), h0.t(), None, backend)
     if d_gates.shape[0] == 1:
         return first

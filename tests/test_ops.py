@@ -310,19 +310,19 @@ def test_ops_trace_under_dynamo_after_eager_calls():
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-def test_recurrent_weight_grad_runs_one_gemm_per_nonempty_product(steps):
+@pytest.mark.parametrize("steps, state, gemms", [(1, 3, 1), (3, 3, 1), (1, 2200, 1), (3, 2200, 2)])
+def test_recurrent_weight_grad_runs_one_gemm_per_nonempty_product(steps, state, gemms):
     """sum_t d_gates[t]^T h[t-1]: a single step (a decoder called once per step) is one GEMM
-    against h0, not also a GEMM over empty operands that copies the [G, P] gradient; more steps add
-    one GEMM over the rest."""
+    against h0, not also a GEMM over empty operands that copies the [G, P] gradient; more steps
+    add one GEMM over the rest, or for a small hs (up to 256 KiB; 3 x 5 x 2200 float64 is 264 KB)
+    run one GEMM against a copy of the previous states."""
     generator = torch.Generator().manual_seed(7)
     d_gates = torch.randn(steps, 5, 12, generator=generator, dtype=torch.float64)
-    h0 = torch.randn(5, 3, generator=generator, dtype=torch.float64)
-    hs = torch.randn(steps, 5, 3, generator=generator, dtype=torch.float64)
+    h0 = torch.randn(5, state, generator=generator, dtype=torch.float64)
+    hs = torch.randn(steps, 5, state, generator=generator, dtype=torch.float64)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         got = ops.recurrent_weight_grad(d_gates, h0, hs, "reference")
-    gemms = [e for e in prof.events() if e.name == "fused_rnn::linear"]
-    assert len(gemms) == (1 if steps == 1 else 2)
+    assert len([e for e in prof.events() if e.name == "fused_rnn::linear"]) == gemms
     previous = torch.cat([h0.unsqueeze(0), hs[:-1]])
     want = torch.einsum("tbg,tbp->gp", d_gates, previous)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
