@@ -156,3 +156,23 @@ def test_kernels_on_reused_blocks_match_fresh_memory_bitwise(pool):
     for name, a, b in zip(["hs", "h_n", "c_n", "cs", "gates", "dxw", "dh0", "dc0"], fresh, reused):
         assert not b.isnan().any(), name
         assert torch.equal(a, b), name
+
+
+def _allocate_in_child(queue) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's threads do not survive a fork
+    y = large_output()
+    queue.put(native.cpu_buffer_pool()["in_use_bytes"])
+    del y
+
+
+def test_a_forked_child_allocates_from_its_copy_of_the_pool(pool):
+    kept = large_output()
+    del kept  # the child inherits a cached block
+    context = torch.multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_allocate_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert queue.get(timeout=1) == BLOCK
+    assert native.cpu_buffer_pool()["cached_bytes"] == BLOCK

@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
@@ -95,7 +97,11 @@ BufferPool& the_pool();
 
 class BufferPool final : public c10::Allocator {
  public:
-  BufferPool() : limit_(initial_limit()) {}
+  BufferPool() : limit_(initial_limit()) {
+#ifdef __linux__
+    pthread_atfork(nullptr, nullptr, &BufferPool::after_fork_in_child);
+#endif
+  }
 
   c10::DataPtr allocate(size_t nbytes) override {
 #ifdef __linux__
@@ -193,6 +199,10 @@ class BufferPool final : public c10::Allocator {
     return found;
   }
 #endif
+
+  /// A child forked while another thread held the lock would wait for it forever: the child,
+  /// which has only the forking thread, starts with an unlocked one.
+  static void after_fork_in_child() { new (&the_pool().mutex_) std::mutex(); }
 
   static void release(void* context) {
     auto* block = static_cast<Block*>(context);
