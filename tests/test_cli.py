@@ -74,7 +74,9 @@ def test_profile_groups_gemms_by_role():
     times = profile_layer("gru", parse_shape("B2-T5-I3-H4"), backend="reference")  # T*B != any weight size
     assert "aten::addmm" in times.by_name["input GEMM"]  # x @ W_ih^T + b, forward
     assert "aten::mm" in times.by_name["input GEMM"]  # dxw @ W_ih, backward
-    assert {"aten::mm", "aten::addmm"} <= set(times.by_name["weight-gradient GEMMs"])  # dW_ih, dW_hh
+    # dW_ih, and dW_hh as one GEMM against the copied previous states (hs is small)
+    assert "aten::mm" in times.by_name["weight-gradient GEMMs"]
+    assert not {"aten::mm", "aten::addmm"} & set(times.by_name["other"])
     assert "fused_rnn::gru_backward" in times.by_name["backward recurrence"]
     assert not any("fused_rnn::" in name for name in times.by_name["other"])
 
