@@ -405,17 +405,28 @@ def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
 _ONE_GEMM_HIDDEN_BYTES = 256 * 1024
 
 
-def recurrent_weight_grad(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str = "reference") -> Tensor:
-    """sum_t d_gates[t]^T h[t-1]: d_gates [T, B, G], h0 [B, P], hs [T, B, P] -> [G, P].
+def recurrent_weight_grad(blocks: list[Tensor], h0: Tensor, hs: Tensor, backend: str = "reference") -> Tensor:
+    """sum_t d_gates[t]^T h[t-1] for each block d_gates [T, B, G_i] of the gate gradients (GRU's
+    come from two tensors), h0 [B, P], hs [T, B, P] -> [sum G_i, P], the blocks' in their order.
 
-    Two GEMMs over views (step 0 against h0, steps 1.. added to it against hs[:-1]); no copy of a
-    large hs nor of d_gates (a slice of the last dimension of a contiguous tensor is a view). A
-    single step (a decoder called once per step) runs the first only; a small hs runs one GEMM
-    against [h0, hs[:-1]].
+    A small hs (up to _ONE_GEMM_HIDDEN_BYTES, more than one step) is copied once into the previous
+    states [h0, hs[:-1]], one GEMM per block; otherwise each block runs two GEMMs over views
+    (step 0 against h0, steps 1.. added to it against hs[:-1]), with no copy of hs nor of the
+    blocks (a slice of the last dimension of a contiguous tensor is a view), and a single step (a
+    decoder called once per step) runs the first only.
     """
-    if d_gates.shape[0] > 1 and hs.numel() * hs.element_size() <= _ONE_GEMM_HIDDEN_BYTES:
-        previous = torch.cat([h0.unsqueeze(0), hs[:-1]]).reshape(-1, hs.shape[2])
-        return call_unrecorded(linear, d_gates.reshape(-1, d_gates.shape[2]).t(), previous.t(), None, backend)
+    if hs.shape[0] > 1 and hs.numel() * hs.element_size() <= _ONE_GEMM_HIDDEN_BYTES:  # symbolic sizes have no nbytes
+        previous = torch.cat([h0.unsqueeze(0), hs[:-1]]).reshape(-1, hs.shape[2]).t()
+        grads = [
+            call_unrecorded(linear, d_gates.reshape(-1, d_gates.shape[2]).t(), previous, None, backend)
+            for d_gates in blocks
+        ]
+    else:
+        grads = [_weight_grad_over_views(d_gates, h0, hs, backend) for d_gates in blocks]
+    return grads[0] if len(grads) == 1 else torch.cat(grads)
+
+
+def _weight_grad_over_views(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str) -> Tensor:
     first = call_unrecorded(linear, d_gates[0].t(), h0.t(), None, backend)
     if d_gates.shape[0] == 1:
         return first
@@ -445,10 +456,9 @@ def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
 def padded_weight_grad(
     blocks: list[Tensor], h0: Tensor, hs: Tensor, lengths: Optional[Tensor], backend: str
 ) -> Tensor:
-    """recurrent_weight_grad of each block [T, B, G_i] for padded tensors (rows past their length
-    have zero gate gradients) -> [sum G_i, P]."""
-    grads = [recurrent_weight_grad(d_gates, h0, hs, backend) for d_gates in blocks]
-    return grads[0] if len(grads) == 1 else torch.cat(grads)
+    """recurrent_weight_grad for padded tensors (rows past their length have zero gate
+    gradients)."""
+    return recurrent_weight_grad(blocks, h0, hs, backend)
 
 
 def rnn_setup_context(ctx, inputs, output):

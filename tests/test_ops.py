@@ -321,7 +321,7 @@ def test_recurrent_weight_grad_runs_one_gemm_per_nonempty_product(steps, state, 
     h0 = torch.randn(5, state, generator=generator, dtype=torch.float64)
     hs = torch.randn(steps, 5, state, generator=generator, dtype=torch.float64)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        got = ops.recurrent_weight_grad(d_gates, h0, hs, "reference")
+        got = ops.recurrent_weight_grad([d_gates], h0, hs, "reference")
     assert len([e for e in prof.events() if e.name == "fused_rnn::linear"]) == gemms
     previous = torch.cat([h0.unsqueeze(0), hs[:-1]])
     want = torch.einsum("tbg,tbp->gp", d_gates, previous)

@@ -52,13 +52,13 @@ def run_explicit_backward(cell: str, x: dict, out: dict, grads: dict) -> dict:
         dxw, dh0 = reference.rnn_backward(
             grads["hs"], grads["h_n"], x["w_hh"], x["h0"], lengths, out["hs"], cell == "rnn_relu"
         )
-        return {"xw": dxw, "h0": dh0, "w_hh": ops.recurrent_weight_grad(dxw, x["h0"], out["hs"])}
+        return {"xw": dxw, "h0": dh0, "w_hh": ops.recurrent_weight_grad([dxw], x["h0"], out["hs"])}
     if cell.startswith("lstm"):
         dxw, dh0, dc0, dw_hr = reference.lstm_backward(
             grads["hs"], grads["h_n"], grads["c_n"], x["w_hh"], x["w_hr"], x["h0"], x["c0"],
             lengths, out["hs"], out["cs"], out["gates"],
         )
-        result = {"xw": dxw, "h0": dh0, "c0": dc0, "w_hh": ops.recurrent_weight_grad(dxw, x["h0"], out["hs"])}
+        result = {"xw": dxw, "h0": dh0, "c0": dc0, "w_hh": ops.recurrent_weight_grad([dxw], x["h0"], out["hs"])}
         if x["w_hr"] is not None:
             result["w_hr"] = dw_hr
         else:
@@ -73,7 +73,7 @@ def run_explicit_backward(cell: str, x: dict, out: dict, grads: dict) -> dict:
         "xw": dxw,
         "h0": dh0,
         "b_hn": d_hn.sum(dim=(0, 1)),
-        "w_hh": ops.recurrent_weight_grad(d_hidden_gates, x["h0"], out["hs"]),
+        "w_hh": ops.recurrent_weight_grad([d_hidden_gates], x["h0"], out["hs"]),
     }
 
 
