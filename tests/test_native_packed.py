@@ -101,7 +101,7 @@ def test_packed_kernels_equal_padded_kernels(cell, dtype, lengths, two_threads):
     check_packed_equals_padded(cell, LENGTHS[lengths], 33, DTYPES[dtype])
 
 
-@pytest.mark.parametrize("split", ["row-split", "unit-split"])
+@pytest.mark.parametrize("split", ["row-split", "unit-split", "unit-split-prefetched"])
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
 def test_packed_kernels_equal_padded_kernels_however_the_team_splits(cell, split, two_threads):
     check_packed_equals_padded(cell, LENGTHS["spread"], SPLITS[split], torch.float32)

@@ -93,8 +93,9 @@ def two_threads():
 
 
 # H = 37: one thread; H = 100: the team splits the rows (a small weight); H = 520: it splits the
-# units (a weight larger than a core's cache, few rows).
-SPLITS = {"one-thread": 37, "row-split": 100, "unit-split": 520}
+# units (a weight larger than a core's cache, few rows); H = 250: it splits the units and
+# prefetches xw (LSTM's and GRU's float32 weight within two cores' caches; RNN's splits the rows).
+SPLITS = {"one-thread": 37, "row-split": 100, "unit-split": 520, "unit-split-prefetched": 250}
 
 
 @pytest.mark.parametrize("split", SPLITS)
