@@ -121,9 +121,10 @@ def _native_ops():
 
 
 def cpu_buffer_pool() -> dict:
-    """The pool of the native CPU ops' buffers larger than 31 MiB (the input projection, hs, the
-    saved gates and cell states, their gradients): freed blocks are kept for later calls instead
-    of being mapped afresh, whose first touch costs more than the math at large sizes. Returns
+    """The pool of the native CPU ops' buffers larger than 1 MiB (the input projection, hs, the
+    saved gates and cell states, their gradients, the weight gradients): freed blocks are kept for
+    later calls instead of going back to the system and being faulted in afresh, which costs more
+    than the math at large sizes. Returns
     cached_bytes (held unused), in_use_bytes and limit_bytes, the most it holds unused
     (FUSED_RNN_CPU_CACHE_MB MiB at start-up, default a quarter of physical memory)."""
     _native_ops()

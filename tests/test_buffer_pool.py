@@ -1,4 +1,4 @@
-"""The CPU buffer pool of the native ops (csrc/cpu/buffer_pool.h): buffers above 31 MiB are kept
+"""The CPU buffer pool of the native ops (csrc/cpu/buffer_pool.h): buffers above 1 MiB are kept
 when freed and handed to the next call of a size they fit; at most the limit stays unused (oldest
 unmapped first); smaller buffers are PyTorch's; the profiler sees pooled allocations; kernels
 writing into reused (stale) memory give bitwise the results they give on fresh memory.
@@ -71,12 +71,26 @@ def test_a_block_over_twice_the_request_is_left_cached(pool):
     }
 
 
-def test_buffers_up_to_31_mib_are_not_pooled(pool):
-    y = large_output(7928)  # 30.9996 MiB
+def test_buffers_up_to_1_mib_are_not_pooled(pool):
+    y = large_output(255)  # 0.9971 MiB
     assert native.cpu_buffer_pool()["in_use_bytes"] == 0
     del y
     assert native.cpu_buffer_pool()["cached_bytes"] == 0
-    y = large_output(7929)  # 31.0035 MiB
+    y = large_output(256)  # 1.0010 MiB
+    assert native.cpu_buffer_pool()["in_use_bytes"] == 2 * MiB
+
+
+def test_an_output_up_to_31_mib_with_its_bias_is_pytorchs(pool):
+    def output_with_bias(rows: int) -> torch.Tensor:
+        x, w, b = torch.randn(rows, 2), torch.randn(COLS, 2), torch.randn(COLS)
+        y = torch.ops.fused_rnn.native_linear(x, w, b)
+        torch.testing.assert_close(y, torch.addmm(b, x, w.t()))
+        return y
+
+    y = output_with_bias(7928)  # 30.9996 MiB: oneDNN adds the bias into an output ATen allocates
+    assert native.cpu_buffer_pool()["in_use_bytes"] == 0
+    del y
+    y = output_with_bias(7929)  # 31.0035 MiB: pooled, the bias in a pass after the GEMM
     assert native.cpu_buffer_pool()["in_use_bytes"] == 32 * MiB
 
 

@@ -1,13 +1,17 @@
-// The allocator of the CPU ops' large per-call buffers: blocks above glibc's largest mmap
-// threshold are kept after use and handed to later calls instead of being unmapped.
+// The allocator of the CPU ops' per-call buffers above 1 MiB: blocks are kept after use and
+// handed to later calls instead of going back to the system.
 //
-// glibc serves allocations up to 32 MiB from memory freed by earlier calls, but maps every larger
-// one afresh and unmaps it when freed. On the machines measured, the first touch of fresh memory
-// runs at 1–2.6 GiB/s even in huge pages (a second fill: 25–28 GiB/s), so a training step that
-// allocates [T, B, 4H] buffers of 64 MiB spends more time faulting them in than computing them
-// (LSTM forward saving its gates, B = 64, H = 1024: 2.5–2.9 ms per step on fresh memory against
-// 1.2 ms on reused). This allocator keeps such blocks, like PyTorch's CUDA caching allocator, up
-// to a limit on the bytes it holds unused (FUSED_RNN_CPU_CACHE_MB, default a quarter of physical
+// glibc maps every allocation above 32 MiB afresh and unmaps it when freed, and gives the top of
+// its heap back to the system once more than its trim threshold (twice the largest mmap threshold
+// reached, so up to 64 MiB) lies free there: a loop that frees and reallocates a few buffers of
+// some MiB each (a decoder's weight gradients, a layer's [T, B, 4H] gates) regrows the heap and
+// faults the same pages in again at every call. On the machines measured, the first touch of fresh
+// memory runs at 1–2.6 GiB/s even in huge pages (a second fill: 25–28 GiB/s), so a training step
+// on fresh buffers spends more time faulting them in than computing them (LSTM forward saving its
+// gates, B = 64, H = 1024: 2.5–2.9 ms per step on fresh memory against 1.2 ms on reused; LSTM
+// B = 16, T = 256, H = 256 forward+backward: 43–54 ms with 25–62 MiB faulted in per call against
+// 36 ms pooled). This allocator keeps such blocks, like PyTorch's CUDA caching allocator, up to a
+// limit on the bytes it holds unused (FUSED_RNN_CPU_CACHE_MB, default a quarter of physical
 // memory; 0 turns caching off).
 #pragma once
 
@@ -18,10 +22,9 @@
 namespace fused_rnn::cpu {
 
 /// Allocations larger than this come from the pool; smaller ones from PyTorch's CPU allocator.
-/// glibc maps afresh every request whose chunk (the bytes, its header and alignment, rounded up
-/// to pages) exceeds 32 MiB, so one of exactly 32 MiB already is (a float32 [8192, 1024] GEMM
-/// output: 16.8 ms freshly mapped against 10.8 ms pooled): the pool starts a MiB below.
-constexpr size_t kLargestUnpooledBytes = size_t{31} << 20;
+/// Blocks are whole 2 MiB huge pages: a request just above 1 MiB takes a 2 MiB block, and a
+/// smaller one would waste more than half of its block.
+constexpr size_t kLargestUnpooledBytes = size_t{1} << 20;
 
 /// The allocator of empty_sequence (a process-wide singleton, never destroyed).
 c10::Allocator* buffer_pool();

@@ -15,6 +15,10 @@ using at::Tensor;
 
 constexpr const char* kOp = "fused_rnn::native_linear";
 
+/// glibc serves a chunk of up to 32 MiB (the bytes, its header and alignment, rounded up to
+/// pages) from its heap: one of exactly 32 MiB already is mapped afresh.
+constexpr size_t kLargestFusedBiasBytes = size_t{31} << 20;
+
 /// x [M, K], w [N, K], b [N] or [M, N] or None -> x @ w^T + b [M, N] (any strides).
 Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), kOp,
@@ -29,14 +33,15 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) 
                 ": b must have shape [N] = [", N, "] or [M, N] = [", M, ", ", N, "], got ",
                 b->sizes());
   }
-  // oneDNN's fused bias writes an output ATen allocates. glibc serves allocations up to its
-  // largest mmap threshold (32 MiB on 64-bit Linux) from memory freed by earlier calls, but maps
-  // larger ones afresh, whose first touch costs as much as the GEMM at large M: a larger output
-  // comes from the buffer pool instead and takes the bias in a pass after the GEMM (oneDNN's
-  // GEMM accumulating onto a copy of the bias is slower: [16384, 256] @ [256, 1024] with 2
-  // threads, 20.6 ms without bias, 24.1 ms onto the bias, 20.5 ms with the pass after).
-  const bool large = static_cast<uint64_t>(M * N * x.element_size()) > kLargestUnpooledBytes;
-  if (b.has_value() && b->dim() == 1 && !large) {
+  // oneDNN's fused bias writes an output ATen allocates. glibc maps one above 32 MiB afresh at
+  // every call, whose first touch costs as much as the GEMM at large M: such an output comes from
+  // the buffer pool instead and takes the bias in a pass after the GEMM (oneDNN's GEMM
+  // accumulating onto a copy of the bias is slower: [16384, 256] @ [256, 1024] with 2 threads,
+  // 20.6 ms without bias, 24.1 ms onto the bias, 20.5 ms with the pass after). A smaller one
+  // keeps the fused bias, which the pass would cost 3-7 % of the GEMM ([1024 to 7000, 256] @
+  // [256, 1024]), though glibc may fault it in afresh after trimming its heap.
+  const bool beyond_glibc_heap = static_cast<uint64_t>(M * N * x.element_size()) > kLargestFusedBiasBytes;
+  if (b.has_value() && b->dim() == 1 && !beyond_glibc_heap) {
     return linear_with_bias(x, w, *b);
   }
   Tensor y = empty_sequence({M, N}, x.options());
