@@ -329,7 +329,7 @@ def packed_weight_grad(
     batch, rows = h0.shape[0], hs.shape[0]
     previous = hs.index_select(0, previous_rows(batch_sizes, batch, rows).to(hs.device))
     grads = []
-    for d_gates in blocks:
+    for d_gates in ops.joined_when_cheaper(blocks, hs.shape[1]):
         first = call_unrecorded(ops.linear, d_gates[:batch].t(), h0.t(), None, backend)
         grads.append(call_unrecorded(ops.linear, d_gates[batch:].t(), previous.t(), first, backend))
     return grads[0] if len(grads) == 1 else torch.cat(grads)

@@ -158,3 +158,17 @@ def test_opcheck_linear_ops():
     torch.library.opcheck(ops.linear, (*leaves, "native"))
     assert torch.autograd.gradcheck(lambda *v: ops.linear(*v, "native"), leaves)
     assert torch.autograd.gradgradcheck(lambda *v: ops.linear(*v, "native"), leaves)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_cell_projects_through_the_native_gemm(name):
+    """The cells' input projection and its gradients run on fused_rnn::native_linear (oneDNN in
+    float32, outputs above 1 MiB from the buffer pool), as the layers' do, not on ATen's addmm."""
+    cell = getattr(fused_rnn, name)(7, 5, backend="native").double()
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = cell(x)
+        torch.autograd.grad((out[0] if isinstance(out, tuple) else out).sum(), [x, cell.weight_ih])
+    names = [e.name for e in prof.events()]
+    assert names.count("fused_rnn::native_linear") >= 3  # the projection, its dx and its dW_ih
+    assert "aten::addmm" not in names

@@ -310,6 +310,25 @@ def test_ops_trace_under_dynamo_after_eager_calls():
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("steps, batch, gemms", [(1, 5, 1), (2, 5, 1), (1, 13, 2), (2, 7, 2)])
+def test_recurrent_weight_grad_joins_blocks_over_fewer_rows_than_the_state(steps, batch, gemms):
+    """GRU's two gate-gradient blocks: over T * B rows < P (a decoder's single step) they are joined
+    for one GEMM, not multiplied apart and their [G, P] results concatenated; over more rows the
+    smaller copy is the results'."""
+    generator = torch.Generator().manual_seed(11)
+    state = 12
+    blocks = [torch.randn(steps, batch, 3 * state, generator=generator, dtype=torch.float64)[..., : 2 * state],
+              torch.randn(steps, batch, state, generator=generator, dtype=torch.float64)]
+    h0 = torch.randn(batch, state, generator=generator, dtype=torch.float64)
+    hs = torch.randn(steps, batch, state, generator=generator, dtype=torch.float64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = ops.recurrent_weight_grad(blocks, h0, hs, "reference")
+    assert len([e for e in prof.events() if e.name == "fused_rnn::linear"]) == gemms
+    previous = torch.cat([h0.unsqueeze(0), hs[:-1]])
+    want = torch.einsum("tbg,tbp->gp", torch.cat(blocks, dim=-1), previous)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("steps, state, gemms", [(1, 3, 1), (3, 3, 1), (1, 2200, 1), (3, 2200, 2)])
 def test_recurrent_weight_grad_runs_one_gemm_per_nonempty_product(steps, state, gemms):
     """sum_t d_gates[t]^T h[t-1]: a single step (a decoder called once per step) is one GEMM
