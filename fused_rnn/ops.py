@@ -434,7 +434,7 @@ def joined_when_cheaper(blocks: list[Tensor], width: int) -> list[Tensor]:
     smaller than the copy of the results (sum G_i x width), for one GEMM per product instead; else
     the blocks. A GRU decoder's single step copies [B, 3H] instead of [3H, H] (B = 64, H = 500,
     float64: 0.77 MB instead of 6 MB, whose copy took 0.7 ms per step)."""
-    rows = blocks[0].numel() // blocks[0].shape[-1]
+    rows = blocks[0].shape[:-1].numel()  # the blocks are empty at hidden size 0
     if len(blocks) > 1 and rows < width:
         return [torch.cat(blocks, dim=-1)]
     return blocks
@@ -547,7 +547,7 @@ def gru_grad_through(backward_op, weight_grad: Callable) -> Callable:
         if ctx.needs_input_grad[1]:
             # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
             dw_hh = weight_grad([dxw[..., : 2 * hidden], d_hn], h0, hs, lengths, ctx.backend)
-        db_hn = d_hn.reshape(-1, hidden).sum(0) if ctx.needs_input_grad[2] else None
+        db_hn = d_hn.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None
         return dxw, dw_hh, db_hn, dh0, None, None
 
     return grad

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from fused_rnn import ops, reference
+import fused_rnn
+from fused_rnn import backends, ops, reference
 from fused_rnn.parity import CELLS, Case, make_inputs, op_arguments, relative_error
 
 BACKEND = "reference"
@@ -327,6 +328,20 @@ def test_recurrent_weight_grad_joins_blocks_over_fewer_rows_than_the_state(steps
     previous = torch.cat([h0.unsqueeze(0), hs[:-1]])
     want = torch.einsum("tbg,tbp->gp", torch.cat(blocks, dim=-1), previous)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_a_gru_cell_of_hidden_size_0_has_gradients_as_torch_nn(backend):
+    """Its gate-gradient blocks and the gradient of b_hn have no columns (torch.nn.GRUCell accepts
+    hidden_size=0)."""
+    if backends.unavailable_reason(backend, "cpu") is not None:
+        pytest.skip(backends.unavailable_reason(backend, "cpu"))
+    cell = fused_rnn.GRUCell(3, 0, backend=backend)
+    x = torch.randn(2, 3, requires_grad=True)
+    grads = torch.autograd.grad(cell(x).sum(), [x, *cell.parameters()], allow_unused=True)
+    want = torch.autograd.grad(torch.nn.GRUCell(3, 0)(x).sum(), [x], allow_unused=True)
+    assert torch.equal(grads[0], want[0])
+    assert [g.shape for g in grads[1:]] == [p.shape for p in cell.parameters()]
 
 
 @pytest.mark.parametrize("steps, state, gemms", [(1, 3, 1), (3, 3, 1), (1, 2200, 1), (3, 2200, 2)])
