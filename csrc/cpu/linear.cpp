@@ -40,7 +40,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) 
   // 20.6 ms without bias, 24.1 ms onto the bias, 20.5 ms with the pass after). A smaller one
   // keeps the fused bias, which the pass would cost 3-7 % of the GEMM ([1024 to 7000, 256] @
   // [256, 1024]), though glibc may fault it in afresh after trimming its heap.
-  const bool beyond_glibc_heap = static_cast<uint64_t>(M * N * x.element_size()) > kLargestFusedBiasBytes;
+  const bool beyond_glibc_heap =
+      static_cast<uint64_t>(M * N * x.element_size()) > kLargestFusedBiasBytes;
   if (b.has_value() && b->dim() == 1 && !beyond_glibc_heap) {
     return linear_with_bias(x, w, *b);
   }
