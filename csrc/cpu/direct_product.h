@@ -1,6 +1,7 @@
-// The product of a single-step call: the step's one GEMM reads the weight where it is (gemm.h,
-// on a transposed view), since packing it for the register-tiled GEMM (panel_gemm_impl.h) would
-// cost a copy of the weight per call, more than the one product it would serve.
+// The product of a single-step call: the step's one GEMM is gemm.h's over the weight where it is
+// (a transposed view), since packing the whole weight into the step loops' panels
+// (panel_gemm_impl.h) would cost a copy of it per call, more than the one product it would serve.
+// (gemm.h's float64 GEMM packs one panel at a time, which stays in cache until it is used.)
 #pragma once
 
 #include <c10/core/ScalarType.h>

@@ -1,5 +1,7 @@
 #include "gemm.h"
 
+#include "sequence_kernels.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -49,6 +51,13 @@ void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, 
   }
   if (runs_through_onednn(a, b)) {
     at::native::mkldnn_matmul(plain(a), plain(b), out, accumulate ? 1.0f : 0.0f, 1.0f);
+    return;
+  }
+  if (a.scalar_type() == at::kDouble) {
+    const at::Tensor rhs = plain(b);
+    sequence_kernels().gemm({at::kDouble, a.size(0), rhs.size(1), a.size(1), a.const_data_ptr(),
+                             a.stride(0), a.stride(1), rhs.const_data_ptr(), rhs.stride(0),
+                             rhs.stride(1), out.data_ptr(), out.stride(0), accumulate});
     return;
   }
   at::Tensor result = out;

@@ -97,10 +97,12 @@ struct TileColumns {
   int64_t valid[kVectors];
 };
 
-/// out[r, columns] (+)= sum_k a[r, k] * panel[k] for rows r < kRows: one register tile.
+/// out[r, columns] (+)= sum_k a[r, k] * panel[k] for rows r < kRows: one register tile. a(r, k)
+/// is a[r * lda + k * a_depth_stride].
 template <typename acc_t, int kRows, int kVectors>
-void tile_product(const acc_t* a, int64_t lda, const acc_t* panel, int64_t depth, acc_t* out,
-                  int64_t ldo, const TileColumns<kVectors>& columns, bool accumulate) {
+void tile_product(const acc_t* a, int64_t lda, int64_t a_depth_stride, const acc_t* panel,
+                  int64_t depth, acc_t* out, int64_t ldo, const TileColumns<kVectors>& columns,
+                  bool accumulate) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size();
   Vec sums[kRows][kVectors];
@@ -120,7 +122,7 @@ void tile_product(const acc_t* a, int64_t lda, const acc_t* panel, int64_t depth
       column[v] = Vec::loadu(b + v * kLanes);
     }
     for (int r = 0; r < kRows; ++r) {
-      const Vec element(rows[r][k]);
+      const Vec element(rows[r][k * a_depth_stride]);
       for (int v = 0; v < kVectors; ++v) {
         sums[r][v] = at::vec::fmadd(element, column[v], sums[r][v]);
       }
@@ -141,8 +143,8 @@ void tile_product(const acc_t* a, int64_t lda, const acc_t* panel, int64_t depth
 }
 
 template <typename acc_t, int kVectors>
-using TileProduct = void (*)(const acc_t*, int64_t, const acc_t*, int64_t, acc_t*, int64_t,
-                             const TileColumns<kVectors>&, bool);
+using TileProduct = void (*)(const acc_t*, int64_t, int64_t, const acc_t*, int64_t, acc_t*,
+                             int64_t, const TileColumns<kVectors>&, bool);
 
 /// tile_product for 1 .. tile_rows(kVectors) rows, indexed by rows - 1.
 template <typename acc_t, int kVectors, int... kRowsMinusOne>
@@ -153,7 +155,8 @@ constexpr std::array<TileProduct<acc_t, kVectors>, sizeof...(kRowsMinusOne)> til
 
 template <typename acc_t, int kVectors>
 void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a,
-                      int64_t lda, acc_t* out, int64_t ldo, bool accumulate) {
+                      int64_t lda, int64_t a_depth_stride, acc_t* out, int64_t ldo,
+                      bool accumulate) {
   constexpr int kRows = tile_rows(kVectors);
   static constexpr auto products =
       tile_products<acc_t, kVectors>(std::make_integer_sequence<int, kRows>());
@@ -166,18 +169,69 @@ void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc
   const acc_t* panel = w.panel(p);
   for (int64_t m = 0; m < rows; m += kRows) {
     const int64_t count = std::min<int64_t>(kRows, rows - m);
-    products[count - 1](a + m * lda, lda, panel, w.depth, out + m * ldo, ldo, columns, accumulate);
+    products[count - 1](a + m * lda, lda, a_depth_stride, panel, w.depth, out + m * ldo, ldo,
+                        columns, accumulate);
   }
 }
 
-/// out [rows, N] (+)= a [rows, K] @ op(W) restricted to the columns of panel p: a has row stride
-/// lda, out row stride ldo and op(W)'s column layout (gate g, unit j at column g * units + j).
+/// out [rows, N] (+)= a [rows, K] @ op(W) restricted to the columns of panel p: a(r, k) at
+/// a[r * lda + k * a_depth_stride], out of row stride ldo in op(W)'s column layout (gate g, unit
+/// j at column g * units + j).
 template <typename acc_t>
 void panel_product(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a, int64_t lda,
-                   acc_t* out, int64_t ldo, bool accumulate) {
+                   int64_t a_depth_stride, acc_t* out, int64_t ldo, bool accumulate) {
   if (w.gates * w.vectors == 3) {
-    panel_product_of<acc_t, 3>(w, p, rows, a, lda, out, ldo, accumulate);
+    panel_product_of<acc_t, 3>(w, p, rows, a, lda, a_depth_stride, out, ldo, accumulate);
   } else {
-    panel_product_of<acc_t, 4>(w, p, rows, a, lda, out, ldo, accumulate);
+    panel_product_of<acc_t, 4>(w, p, rows, a, lda, a_depth_stride, out, ldo, accumulate);
   }
+}
+
+// A product of fewer flops than this runs on one thread: splitting it would cost more in the
+// fork or barrier than it saves (about a microsecond of single-core GEMM).
+constexpr int64_t kFlopsPerExtraThread = 1 << 18;
+
+// The streamed GEMM packs one panel of b at a time over at most this many k (256 KiB with
+// 512-bit vectors: 4 vectors, 256 bytes, per k) and multiplies it by at most this many rows of a
+// before packing the next: the panel stays in the member's L2 while every tile of rows reads it,
+// and b is read about once per block of rows.
+constexpr int64_t kStreamedDepth = 1024;
+constexpr int64_t kStreamedRows = 1024;
+
+/// SequenceKernels::gemm: out (+)= a @ b through the register-tiled GEMM, a team splitting the
+/// panels of b, each member packing its panel into its own slice of one workspace just before
+/// multiplying by it (no copy of the whole of b, which a single step would read only once).
+template <typename acc_t>
+void streamed_gemm(const GemmOperands& g) {
+  const Panels<acc_t> shape = Panels<acc_t>::layout(1, g.n, g.k);
+  const int64_t span = shape.span(), panels = shape.count();
+  const int threads = static_cast<int>(std::min<int64_t>(
+      {team_threads(), panels, 1 + 2 * g.m * g.n * g.k / kFlopsPerExtraThread}));
+  constexpr int64_t kLine = 64 / sizeof(acc_t);
+  const int64_t slice = (std::min(g.k, kStreamedDepth) * shape.width() + kLine - 1) / kLine * kLine;
+  auto* buffers =
+      static_cast<acc_t*>(panel_workspace(std::max<int64_t>(1, threads * slice) * sizeof(acc_t)));
+  const auto* a = static_cast<const acc_t*>(g.a);
+  const auto* b = static_cast<const acc_t*>(g.b);
+  auto* out = static_cast<acc_t*>(g.out);
+  run_team(threads, [&](const Team& team) {
+    const auto [p0, p1] = team.share(panels);
+    acc_t* buffer = buffers + team.id * slice;
+    for (int64_t r0 = 0; r0 < g.m; r0 += kStreamedRows) {
+      const int64_t rows = std::min(kStreamedRows, g.m - r0);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * span;
+        // k0 == 0 runs once at k = 0 too: the product of an empty depth writes zeros.
+        for (int64_t k0 = 0; k0 == 0 || k0 < g.k; k0 += kStreamedDepth) {
+          const Panels<acc_t> panel{buffer, std::min(kStreamedDepth, g.k - k0),
+                                    std::min(span, g.n - n0), 1, shape.vectors};
+          pack_panels(panel, b + k0 * g.b_depth_stride + n0 * g.b_column_stride,
+                      g.b_column_stride, g.b_depth_stride, 0, 1);
+          panel_product(panel, 0, rows, a + r0 * g.a_row_stride + k0 * g.a_depth_stride,
+                        g.a_row_stride, g.a_depth_stride, out + r0 * g.out_row_stride + n0,
+                        g.out_row_stride, g.accumulate || k0 > 0);
+        }
+      }
+    }
+  });
 }

@@ -5,8 +5,8 @@
 // units; at each step it multiplies the state by its slice of the recurrent weight, packed once per
 // call into panels for a register-tiled GEMM (panel_gemm_impl.h), then runs the cell's pointwise
 // math on the units of that slice, and the team meets at a barrier before the next step reads the
-// new state. Calls of a single step pack nothing: their one product reads the weight where it is
-// (direct_product.h).
+// new state. Calls of a single step do not pack the whole weight: their one product is gemm.h's
+// over the weight where it is (direct_product.h).
 //
 // Rows are sorted by non-increasing length (the op wrappers permute other orders): the rows live
 // at step t are a prefix, and the products run over that prefix only. Rows past their length keep
@@ -159,7 +159,24 @@ struct GruBackwardSequence {
   void* dh0;             // [B, H] acc, out
 };
 
-/// One implementation of every sequence kernel.
+/// out [m, n] (+)= a [m, k] @ b [k, n] in `dtype` (float or double), every operand read in place
+/// (strides in elements): a(r, i) at a[r * a_row_stride + i * a_depth_stride], b(i, j) at
+/// b[i * b_depth_stride + j * b_column_stride] with one of those two strides 1, out(r, j) at
+/// out[r * out_row_stride + j]. The product of an empty depth (k = 0) writes zeros.
+struct GemmOperands {
+  c10::ScalarType dtype;
+  int64_t m, n, k;
+  const void* a;
+  int64_t a_row_stride, a_depth_stride;
+  const void* b;
+  int64_t b_depth_stride, b_column_stride;
+  void* out;
+  int64_t out_row_stride;
+  bool accumulate;
+};
+
+/// One implementation of every sequence kernel, and of the register-tiled GEMM they share (gemm:
+/// a team packs each panel of b just before multiplying by it; gemm.h runs float64 through it).
 struct SequenceKernels {
   const char* capability;
   void (*rnn_forward)(const RnnForwardSequence&);
@@ -168,6 +185,7 @@ struct SequenceKernels {
   void (*lstm_backward)(const LstmBackwardSequence&);
   void (*gru_forward)(const GruForwardSequence&);
   void (*gru_backward)(const GruBackwardSequence&);
+  void (*gemm)(const GemmOperands&);
 };
 
 /// The kernels for this CPU: those of ATen's CPU capability (which honours ATEN_CPU_CAPABILITY),

@@ -576,7 +576,7 @@ struct Stage {
     const acc_t* lhs = a(t) + row_begin * w.depth;
     acc_t* result = out(t) + row_begin * columns();
     for (int64_t p = p0; p < p1; ++p) {
-      panel_product(w, p, live_end - row_begin, lhs, w.depth, result, columns(), accumulate);
+      panel_product(w, p, live_end - row_begin, lhs, w.depth, 1, result, columns(), accumulate);
     }
   }
 
@@ -608,9 +608,6 @@ struct Stage {
   }
 };
 
-// A step whose products are smaller than this runs on one thread: splitting it would cost more
-// in the barrier than it saves (about a microsecond of single-core GEMM).
-constexpr int64_t kFlopsPerExtraThread = 1 << 18;
 // Weights up to this size per member stay in its L2 cache from step to step (half of a 1 MiB
 // L2, which also holds the step's operands). The team splits the rows instead of the units when
 // each member's step reads the whole weight from its own L2 (an LSTM's 1 MiB W_hh at H = 256,
@@ -956,6 +953,14 @@ const SequenceKernels kernels = {
     FUSED_RNN_DISPATCH(LstmBackwardSequence, lstm_backward),
     FUSED_RNN_DISPATCH(GruForwardSequence, gru_forward),
     FUSED_RNN_DISPATCH(GruBackwardSequence, gru_backward),
+    [](const GemmOperands& g) {
+      if (g.dtype == at::kDouble) {
+        streamed_gemm<double>(g);
+      } else {
+        TORCH_INTERNAL_ASSERT(g.dtype == at::kFloat, "the streamed GEMM runs float or double");
+        streamed_gemm<float>(g);
+      }
+    },
 };
 
 #undef FUSED_RNN_DISPATCH

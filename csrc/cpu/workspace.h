@@ -11,4 +11,9 @@ namespace fused_rnn::cpu {
 /// its next call (grown when a call needs more; freed when the thread ends).
 void* thread_workspace(size_t bytes);
 
+/// A second such buffer, for the panels the streamed GEMM's team packs (SequenceKernels::gemm;
+/// the calling thread takes one for every member), which may run while the caller holds
+/// thread_workspace.
+void* panel_workspace(size_t bytes);
+
 }  // namespace fused_rnn::cpu

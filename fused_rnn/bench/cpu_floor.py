@@ -3,8 +3,9 @@ floor), and the first call of a layer in a fresh process.
 
     python -m fused_rnn.bench.cpu_floor --csv benchmarks/results/cpu-goals.csv
 
-prints, as markdown: the measured GEMM rates (MKL packed sgemm, ATen's mm, fused_rnn's oneDNN
-linear; square float32 products on torch's threads), then for every point of the CSV measured by
+prints, as markdown: the measured GEMM rates (MKL packed sgemm, ATen's mm, fused_rnn's linear:
+oneDNN in float32, its own panel GEMM in float64; square products on torch's threads; the floor
+takes the best float32 rate), then for every point of the CSV measured by
 torch.nn (`torch-cpu`) and `native`: both medians, their ratio, and each as % of the floor (the
 point's FLOPs, fused_rnn.bench.flops, at the best rate), the goal of the ratio, packed points
 against their padded points, with the load of the rows; then the first forward call (and import)
@@ -43,17 +44,18 @@ def _rate(product: Callable[[], object], multiply_adds: int, calls: int = 10) ->
     return 2 * multiply_adds / best / 1e9
 
 
-def gemm_rates(n: int = GEMM_SIZE) -> dict[str, float]:
-    """GFLOP/s of an n x n x n float32 product through each CPU GEMM torch and fused_rnn have."""
+def gemm_rates(n: int = GEMM_SIZE, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """GFLOP/s of an n x n x n product in `dtype` through each CPU GEMM torch and fused_rnn have
+    (fused_rnn::native_linear runs oneDNN in float32, its own panel GEMM in float64)."""
     from .. import native
 
-    a, w = torch.randn(n, n), torch.randn(n, n)
+    a, w = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     rates = {"ATen mm (MKL)": _rate(lambda: a @ w.t(), n**3)}
-    if torch.backends.mkl.is_available():
+    if torch.backends.mkl.is_available() and dtype == torch.float32:
         packed = torch.ops.mkl._mkl_reorder_linear_weight(w, n)
         rates["MKL packed sgemm"] = _rate(lambda: torch.ops.mkl._mkl_linear(a, packed, w, None, n), n**3)
     if native.unavailable_reason(torch.device("cpu")) is None:
-        rates["oneDNN (fused_rnn::native_linear)"] = _rate(lambda: native.linear(a, w, None), n**3)
+        rates["fused_rnn::native_linear"] = _rate(lambda: native.linear(a, w, None), n**3)
     return rates
 
 
@@ -149,10 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads\n")
     rate = args.rate
     if rate is None:
-        rates = gemm_rates()
-        print(f"| GEMM ({GEMM_SIZE}^3 float32) | GFLOP/s |\n|---|---|")
+        rates, doubles = gemm_rates(), gemm_rates(dtype=torch.float64)
+        print(f"| GEMM ({GEMM_SIZE}^3) | float32 GFLOP/s | float64 GFLOP/s |\n|---|---|---|")
         for name, value in rates.items():
-            print(f"| {name} | {value:.0f} |")
+            print(f"| {name} | {value:.0f} | {doubles[name]:.0f} |" if name in doubles else f"| {name} | {value:.0f} | |")
         rate = max(rates.values())
     if args.csv:
         print(f"\nfloor: FLOPs at {rate:.0f} GFLOP/s (float64 at half)\n")
