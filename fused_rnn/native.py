@@ -322,7 +322,8 @@ def gru_packed_backward(
 
 def linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     """x [M, K] @ w [N, K]^T + b ([N], [M, N] or None) -> [M, N]: on the CPU the C++ GEMM
-    (oneDNN for float32, see csrc/cpu/gemm.h), elsewhere torch's."""
+    (oneDNN for float32, the sequence kernels' panel GEMM for float64, see csrc/cpu/gemm.h),
+    elsewhere torch's."""
     if x.device.type != "cpu":
         return x @ w.t() if b is None else torch.addmm(b, x, w.t())
     return _native_ops().native_linear(x, w, b)
