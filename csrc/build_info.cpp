@@ -50,6 +50,7 @@ pybind11::dict build_info() {
   info["compiler"] = compiler();
   info["cpu_kernels"] = fused_rnn::cpu::sequence_kernels().capability;
   info["cpu_gemm"] = fused_rnn::cpu::onednn_gemm_available() ? "onednn" : "aten";
+  info["cpu_gemm_float64"] = fused_rnn::cpu::float64_panel_gemm() ? "panel" : "aten";
 #ifdef FUSED_RNN_WITH_CUDA
   info["with_cuda"] = true;
   const int runtime = fused_rnn::cuda::compiled_runtime_version();
@@ -70,7 +71,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "How this extension was built: torch_version (built against), compiler, cpu_kernels "
         "(the vector ISA of the CPU sequence kernels chosen for this machine), cpu_gemm (onednn: "
         "float32 GEMMs outside the step loops run through PyTorch's oneDNN; aten: at::mm), "
-        "with_cuda, "
+        "cpu_gemm_float64 (panel: float64 GEMMs run on the sequence kernels' panel GEMM; aten: "
+        "at::mm), with_cuda, "
         "cuda_version, cuda_archs (compute capabilities compiled for).");
   m.def(
       "cpu_buffer_pool_stats",

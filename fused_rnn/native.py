@@ -46,8 +46,8 @@ _HOW_TO_BUILD = (
 
 
 def build_info() -> Optional[dict]:
-    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, cpu_gemm, with_cuda,
-    cuda_version, cuda_archs), or None when it is not importable."""
+    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, cpu_gemm,
+    cpu_gemm_float64, with_cuda, cuda_version, cuda_archs), or None when it is not importable."""
     return None if _C is None else _C.build_info()
 
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,13 @@ def test_extension_is_built():
     assert REASON is None, REASON
 
 
+def _intel_cpu() -> bool:
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 @requires_native
 def test_build_info():
     info = native.build_info()
@@ -44,6 +52,9 @@ def test_build_info():
     assert info["cpu_kernels"] in ("default", "avx2", "avx512")
     # PyTorch built with oneDNN exports its matmul, which the CPU GEMMs must then find.
     assert info["cpu_gemm"] == ("onednn" if torch.backends.mkldnn.is_available() else "aten")
+    # float64 runs on the panel GEMM where its kernels are 512-bit and MKL's dgemm is not.
+    panel = info["cpu_kernels"] == "avx512" and not _intel_cpu()
+    assert info["cpu_gemm_float64"] == ("panel" if panel else "aten")
     assert info["compiler"]
     assert isinstance(info["with_cuda"], bool)
     assert bool(info["cuda_archs"]) == info["with_cuda"]
@@ -127,6 +138,7 @@ def test_cpu_kernels_of_lower_capabilities(capability):
         import torch
         from fused_rnn import native, parity
         assert native.build_info()["cpu_kernels"] == "{capability}", native.build_info()
+        assert native.build_info()["cpu_gemm_float64"] == "aten", native.build_info()
         for cell in parity.CELLS:
             for dtype in (torch.float64, torch.float32, torch.bfloat16):
                 case = parity.Case(cell, 5, 3, 37, proj=11, lengths=True)

@@ -144,9 +144,10 @@ def test_native_linear_equals_torch(dtype, layout, bias):
     ids=["1x1x1", "empty-depth", "row-blocks", "depth-blocks", "two-depth-blocks", "decoder-step"],
 )
 def test_float64_linear_over_the_blocks_of_the_streamed_gemm(m, k, n, layout, bias):
-    """float64 runs fused_rnn's own GEMM (SequenceKernels::gemm): rows past its row block
-    (1024), depths past its depth block (1024), a last panel narrower than its 32 columns, any
-    strides of both operands, the bias as the accumulated start, an empty depth."""
+    """float64 runs fused_rnn's own GEMM (SequenceKernels::gemm, where build_info names it):
+    rows past its row block (1024), depths past its depth block (1024), a last panel narrower
+    than its 32 columns, any strides of both operands, the bias as the accumulated start, an
+    empty depth."""
     generator = torch.Generator().manual_seed(m * 7 + k)
     x = torch.randn(m, k, generator=generator, dtype=torch.float64)
     w = torch.randn(n, k, generator=generator, dtype=torch.float64)
@@ -160,10 +161,10 @@ def test_float64_linear_over_the_blocks_of_the_streamed_gemm(m, k, n, layout, bi
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * max(1, k))
 
 
-def test_float64_gemms_run_no_aten_gemm():
+def test_float64_gemms_run_the_panel_gemm_where_it_is_chosen():
     """A float64 decoder step's GEMMs (the projection, the recurrent product, and in backward the
-    input, state and weight gradients) run fused_rnn's own GEMM, not ATen's (MKL's dgemm runs
-    256-bit code on AMD CPUs, at about half of the panel GEMM's rate)."""
+    input, state and weight gradients) run fused_rnn's own GEMM, not ATen's, where build_info
+    says so (512-bit kernels, a CPU whose MKL dgemm runs 256-bit code), and ATen's elsewhere."""
     cell = fused_rnn.GRUCell(40, 36, backend="native").double()
     x = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
     h = torch.randn(9, 36, dtype=torch.float64, requires_grad=True)
@@ -171,7 +172,8 @@ def test_float64_gemms_run_no_aten_gemm():
         torch.autograd.grad(cell(x, h).sum(), [x, h, *cell.parameters()])
     names = {e.name for e in prof.events()}
     assert "fused_rnn::native_linear" in names
-    assert not names & {"aten::mm", "aten::addmm", "aten::addmm_", "aten::matmul"}, names
+    aten_gemms = names & {"aten::mm", "aten::addmm", "aten::addmm_", "aten::matmul"}
+    assert bool(aten_gemms) == (native.build_info()["cpu_gemm_float64"] == "aten"), names
 
 
 def test_native_linear_leaves_its_inputs_alone():

@@ -45,6 +45,15 @@ bool runs_through_onednn(const at::Tensor& a, const at::Tensor& b) {
 
 bool onednn_gemm_available() { return at::native::mkldnn_matmul != nullptr; }
 
+bool float64_panel_gemm() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool chosen = sequence_kernels().gemm != nullptr && !__builtin_cpu_is("intel");
+  return chosen;
+#else
+  return false;
+#endif
+}
+
 void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
   if (a.size(0) == 0 || b.size(1) == 0) {
     return;
@@ -53,7 +62,7 @@ void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, 
     at::native::mkldnn_matmul(plain(a), plain(b), out, accumulate ? 1.0f : 0.0f, 1.0f);
     return;
   }
-  if (a.scalar_type() == at::kDouble) {
+  if (a.scalar_type() == at::kDouble && float64_panel_gemm()) {
     const at::Tensor rhs = plain(b);
     sequence_kernels().gemm({at::kDouble, a.size(0), rhs.size(1), a.size(1), a.const_data_ptr(),
                              a.stride(0), a.stride(1), rhs.const_data_ptr(), rhs.stride(0),

@@ -6,8 +6,11 @@
 // run time: at::native::mkldnn_matmul (a weak symbol) and, for a product with a bias, the
 // dispatcher op mkldnn::_linear_pointwise; without them, for small products and for the reduced
 // dtypes, ATen's GEMM runs. float64 runs through the register-tiled GEMM of the sequence kernels
-// (SequenceKernels::gemm, in the CPU's widest vectors), where MKL's dgemm runs 256-bit code on
-// AMD CPUs: 88-103 GFLOP/s on 2 Zen 5 cores against the panel GEMM's 179 in a GRU's steps.
+// (SequenceKernels::gemm) where they run 512-bit vectors on a CPU other than Intel's: MKL's dgemm
+// runs 256-bit code on AMD CPUs (2048^3 on 2 Zen 5 cores: 94 GFLOP/s, the panel GEMM 190; a GRU
+// step's product at B = 64, H = 500: 1.09 against 0.63 ms). On Intel CPUs MKL has AVX-512
+// kernels of its own, and below AVX-512 the panel GEMM has no wider vectors than MKL's: there
+// ATen's GEMM runs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,6 +19,9 @@ namespace fused_rnn::cpu {
 
 /// Whether float32 GEMMs run through oneDNN in this process.
 bool onednn_gemm_available();
+
+/// Whether float64 GEMMs run through the sequence kernels' panel GEMM (else ATen's).
+bool float64_panel_gemm();
 
 /// out [M, N] = a [M, K] @ b [K, N], or out += a @ b when `accumulate`; a and b may have any
 /// strides (transposed views are read in place), out is contiguous and of their dtype.

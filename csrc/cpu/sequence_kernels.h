@@ -176,7 +176,8 @@ struct GemmOperands {
 };
 
 /// One implementation of every sequence kernel, and of the register-tiled GEMM they share (gemm:
-/// a team packs each panel of b just before multiplying by it; gemm.h runs float64 through it).
+/// a team packs each panel of b just before multiplying by it; gemm.h runs float64 through it;
+/// null in the builds below AVX512).
 struct SequenceKernels {
   const char* capability;
   void (*rnn_forward)(const RnnForwardSequence&);

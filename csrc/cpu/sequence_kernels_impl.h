@@ -953,6 +953,7 @@ const SequenceKernels kernels = {
     FUSED_RNN_DISPATCH(LstmBackwardSequence, lstm_backward),
     FUSED_RNN_DISPATCH(GruForwardSequence, gru_forward),
     FUSED_RNN_DISPATCH(GruBackwardSequence, gru_backward),
+#if defined(CPU_CAPABILITY_AVX512)
     [](const GemmOperands& g) {
       if (g.dtype == at::kDouble) {
         streamed_gemm<double>(g);
@@ -961,6 +962,9 @@ const SequenceKernels kernels = {
         streamed_gemm<float>(g);
       }
     },
+#else
+    nullptr,  // in 256-bit vectors or fewer BLAS's GEMMs are no slower (see gemm.h)
+#endif
 };
 
 #undef FUSED_RNN_DISPATCH
