@@ -64,9 +64,9 @@ void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, 
   }
   if (a.scalar_type() == at::kDouble && float64_panel_gemm()) {
     const at::Tensor rhs = plain(b);
-    sequence_kernels().gemm({at::kDouble, a.size(0), rhs.size(1), a.size(1), a.const_data_ptr(),
-                             a.stride(0), a.stride(1), rhs.const_data_ptr(), rhs.stride(0),
-                             rhs.stride(1), out.data_ptr(), out.stride(0), accumulate});
+    sequence_kernels().gemm({a.size(0), rhs.size(1), a.size(1), a.const_data_ptr(), a.stride(0),
+                             a.stride(1), rhs.const_data_ptr(), rhs.stride(0), rhs.stride(1),
+                             out.data_ptr(), out.stride(0), accumulate});
     return;
   }
   at::Tensor result = out;

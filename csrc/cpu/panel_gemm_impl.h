@@ -191,8 +191,8 @@ void panel_product(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t*
 // fork or barrier than it saves (about a microsecond of single-core GEMM).
 constexpr int64_t kFlopsPerExtraThread = 1 << 18;
 
-// The streamed GEMM packs one panel of b at a time over at most this many k (256 KiB with
-// 512-bit vectors: 4 vectors, 256 bytes, per k) and multiplies it by at most this many rows of a
+// The streamed GEMM packs one panel of b at a time over at most this many k (256 KiB in float64
+// with 512-bit vectors: 4 vectors, 256 bytes, per k) and multiplies it by at most this many rows of a
 // before packing the next: the panel stays in the member's L2 while every tile of rows reads it,
 // and b is read about once per block of rows.
 constexpr int64_t kStreamedDepth = 1024;

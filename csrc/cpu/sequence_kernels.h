@@ -159,12 +159,11 @@ struct GruBackwardSequence {
   void* dh0;             // [B, H] acc, out
 };
 
-/// out [m, n] (+)= a [m, k] @ b [k, n] in `dtype` (float or double), every operand read in place
-/// (strides in elements): a(r, i) at a[r * a_row_stride + i * a_depth_stride], b(i, j) at
+/// out [m, n] (+)= a [m, k] @ b [k, n] in float64, every operand read in place (strides in
+/// elements): a(r, i) at a[r * a_row_stride + i * a_depth_stride], b(i, j) at
 /// b[i * b_depth_stride + j * b_column_stride] with one of those two strides 1, out(r, j) at
 /// out[r * out_row_stride + j]. The product of an empty depth (k = 0) writes zeros.
 struct GemmOperands {
-  c10::ScalarType dtype;
   int64_t m, n, k;
   const void* a;
   int64_t a_row_stride, a_depth_stride;
@@ -175,9 +174,9 @@ struct GemmOperands {
   bool accumulate;
 };
 
-/// One implementation of every sequence kernel, and of the register-tiled GEMM they share (gemm:
-/// a team packs each panel of b just before multiplying by it; gemm.h runs float64 through it;
-/// null in the builds below AVX512).
+/// One implementation of every sequence kernel, and of the register-tiled GEMM they share in
+/// float64 (gemm: a team packs each panel of b just before multiplying by it; gemm.h runs float64
+/// through it; null in the builds below AVX512).
 struct SequenceKernels {
   const char* capability;
   void (*rnn_forward)(const RnnForwardSequence&);

@@ -954,14 +954,7 @@ const SequenceKernels kernels = {
     FUSED_RNN_DISPATCH(GruForwardSequence, gru_forward),
     FUSED_RNN_DISPATCH(GruBackwardSequence, gru_backward),
 #if defined(CPU_CAPABILITY_AVX512)
-    [](const GemmOperands& g) {
-      if (g.dtype == at::kDouble) {
-        streamed_gemm<double>(g);
-      } else {
-        TORCH_INTERNAL_ASSERT(g.dtype == at::kFloat, "the streamed GEMM runs float or double");
-        streamed_gemm<float>(g);
-      }
-    },
+    &streamed_gemm<double>,
 #else
     nullptr,  // in 256-bit vectors or fewer BLAS's GEMMs are no slower (see gemm.h)
 #endif
