@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "direct_product.h"
+#include "row_split.h"
 #include "sequence_kernels.h"
 #include "team.h"
 #include "workspace.h"
@@ -622,9 +623,8 @@ constexpr int64_t kRowSplitRowsPerMember = 16;
 /// splits the work one of two ways. By units: each member multiplies by its panels and runs the
 /// pointwise pass on their units for every row, and the team meets at a barrier after each stage
 /// (the next stage reads the state every member wrote). By rows, where the weight is small or the
-/// batch large: each member runs every stage on its own blocks of rows, which depend on no other
-/// row, so the team meets only once, after packing. The blocks interleave (member m has blocks m,
-/// m + size, ...) so that rows sorted by length share the work evenly.
+/// batch large: each member runs every stage on its own run of rows (balanced_row_split), which
+/// depend on no other row, so the team meets only once, after packing.
 /// A single step reads the weights in place (direct_product).
 template <typename acc_t, size_t kStages>
 void run_sequence(std::array<Stage<acc_t>, kStages>& stages, const SequenceRows& sequence,
@@ -685,8 +685,8 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, const SequenceRows&
     stage.w.data = next;
     next += (stage.w.elements() + kLine - 1) / kLine * kLine;
   }
-  const int64_t block_rows = (batch + 2 * threads - 1) / (2 * threads);
-  const int64_t blocks = (batch + block_rows - 1) / block_rows;
+  const std::vector<int64_t> row_split =
+      split_rows ? balanced_row_split(sequence.lengths, batch, steps, threads) : std::vector<int64_t>{};
   run_team(threads, [&](const Team& team) {
     for (const auto& stage : stages) {
       const auto [p0, p1] = team.share(stage.w.count());
@@ -697,17 +697,9 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, const SequenceRows&
       const int64_t t = step_at(i);
       for (const auto& stage : stages) {
         if (split_rows) {
-          // Each panel once per step, for all of this member's blocks.
-          for (int64_t p = 0; p < stage.w.count(); ++p) {
-            for (int64_t block = team.id; block < blocks; block += team.size) {
-              const int64_t r0 = block * block_rows;
-              stage.multiply(t, r0, std::min(batch, r0 + block_rows), p, p + 1);
-            }
-          }
-          for (int64_t block = team.id; block < blocks; block += team.size) {
-            const int64_t r0 = block * block_rows;
-            stage.pass(t, Block{r0, std::min(batch, r0 + block_rows), 0, stage.w.units});
-          }
+          const int64_t r0 = row_split[team.id], r1 = row_split[team.id + 1];
+          stage.multiply(t, r0, r1, 0, stage.w.count());
+          stage.pass(t, Block{r0, r1, 0, stage.w.units});
         } else {
           const auto [p0, p1] = team.share(stage.w.count());
           for (int64_t p = p0; p < p1; ++p) {
