@@ -91,7 +91,8 @@ def padded_from_packed(data: Tensor, packing: Packing, steps: int) -> Tensor:
     """Packed data [N, F] -> padded [T, B, F] (zeros past each row's length)."""
     batch = packing.lengths.size(0)
     padded = data.new_zeros(steps * batch, data.size(1))
-    return padded.index_copy(0, packing.flat, data).view(steps, batch, data.size(1))
+    # In place: out of place, index_copy would first copy the zeros into another [T * B, F].
+    return padded.index_copy_(0, packing.flat, data).view(steps, batch, data.size(1))
 
 
 def packed_from_padded(padded: Tensor, packing: Packing) -> Tensor:
