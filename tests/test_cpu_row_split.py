@@ -74,7 +74,7 @@ def test_sorted_lengths_split_by_work(row_split_report):
         assert split[0] == 0 and split[-1] == batch and all(np.diff(split) >= 0), split
         work = member_work(split, lengths)
         for m in range(members):
-            # Each boundary lies within half a row of its share, so each member's work does too.
+            # Each boundary lies within half a row of its share, so each member's work within a row.
             share = sum(lengths) * (m + 1) // members - sum(lengths) * m // members
             assert abs(work[m] - share) <= max(lengths), (members, lengths, split)
 

@@ -10,8 +10,8 @@ namespace fused_rnn::cpu {
 
 /// Member m's rows are [split[m], split[m + 1]) of the returned split [members + 1]: contiguous
 /// runs of about equal work, a row's work being its length (lengths [batch], non-increasing, or
-/// null: every row `steps` long). Each boundary is the row boundary nearest to the member's share
-/// of the total, so a member's work is within half a row of its share.
+/// null: every row `steps` long). Each boundary is the row boundary nearest to its share of the
+/// total work, so a member's work differs from its share by less than the longest row.
 ///
 /// Rows sorted by length, an even split of the rows would leave the first member the most work:
 /// blocks of B / 4 rows dealt out in turn gave it 12-15 % more than the mean over two members at

@@ -24,6 +24,10 @@ int main() {
     for (int64_t length = 0; in >> length;) {
       lengths.push_back(length);
     }
+    if (!lengths.empty() && static_cast<int64_t>(lengths.size()) != batch) {
+      std::fprintf(stderr, "%zu lengths for a batch of %lld\n", lengths.size(), static_cast<long long>(batch));
+      return 1;
+    }
     const auto split = fused_rnn::cpu::balanced_row_split(lengths.empty() ? nullptr : lengths.data(), batch,
                                                           steps, members);
     for (size_t m = 0; m < split.size(); ++m) {
