@@ -132,7 +132,7 @@ def gradient_paths(
     h0, c0 = _initial_states(mode, hx, x, hidden, state)
 
     x = x.detach().requires_grad_()
-    xw, b_hn = functional.input_projection(mode, x, weights)
+    xw, b_hn = functional.input_projection(mode, x, weights, backend)
     saved: dict[str, Tensor] = {}
     if mode == "LSTM":
         hs, _, _, saved["cs"], saved["gates"] = ops.lstm_forward(xw, weights.w_hh, weights.w_hr, h0, c0, None, backend)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import fused_rnn
+from fused_rnn import ops
 from fused_rnn.parity import TOLERANCE
 from fused_rnn.profiling import gradient_paths
 
@@ -112,3 +113,22 @@ def test_bad_modules_and_inputs_are_refused():
         gradient_paths(nn.Linear(I, H), torch.randn(T, B, I))
     with pytest.raises(ValueError, match=r"\[T, B, I\].*2-D"):
         gradient_paths(fused_rnn.RNN(I, H), torch.randn(B, I))
+
+
+@pytest.mark.parametrize("backend", fused_rnn.available_backends("cpu"))
+def test_profiled_forward_projects_as_the_module_does(backend):
+    """The profiler's forward is the module's: a backend with its own CPU GEMM projects the input
+    through it (the fused_rnn::linear op), the others through F.linear, in the profiler as in the
+    module."""
+    torch.manual_seed(2)
+    layer = fused_rnn.LSTM(I, H, dtype=backend_dtype(backend), backend=backend)
+    x = torch.randn(T, B, I, dtype=backend_dtype(backend))
+
+    def linear_ops(run) -> int:
+        with torch.profiler.profile() as profile:
+            run()
+        return sum(event.count for event in profile.key_averages() if event.key == "fused_rnn::linear")
+
+    profiled, own = linear_ops(lambda: gradient_paths(layer, x)), linear_ops(lambda: layer(x))
+    assert profiled >= 1 if ops.has_own_cpu_gemm(backend) else profiled == 0
+    assert (profiled >= 1) == (own >= 1)
