@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fused_rnn import native
 from fused_rnn.bench.flops import flops
 from fused_rnn.bench.registry import PROVIDERS
 from fused_rnn.bench.shapes import (
@@ -118,3 +119,41 @@ def test_floor_rows_pair_providers_and_scale_by_the_gemm_rate(tmp_path):
     assert f32["native_floor"] == pytest.approx(100 * floor_ms / 10.0)
     assert f32["torch_floor"] == pytest.approx(100 * floor_ms / 20.0)
     assert f64["native_floor"] == pytest.approx(100 * 2 * floor_ms / 10.0)  # float64 at half the rate
+
+
+def test_packing_alone_pads_the_packed_input_and_its_gradient():
+    from fused_rnn.bench.packed_floor import packing_alone
+
+    shape = PackedShape(5, 9, 7, 7)
+    built = packing_alone(shape)
+    x = torch.randn(9, 5, 7, dtype=torch.float64)
+    inside = (torch.arange(9).unsqueeze(1) < packed_lengths(shape).unsqueeze(0)).unsqueeze(2)  # [T, B, 1]
+    assert not inside.all()
+    assert torch.equal(built.forward((x,)), x * inside)
+    grad_output = torch.randn_like(x)
+    _, grads = built.forward_backward((x,), grad_output)
+    assert torch.equal(grads["input0"], grad_output * inside)
+    with pytest.raises(ValueError, match="I == H"):
+        packing_alone(PackedShape(5, 9, 6, 7))
+
+
+@pytest.mark.skipif(native.unavailable_reason(CPU) is not None, reason="native backend unavailable")
+def test_packed_floor_adds_the_packing_to_the_row_step_fraction():
+    from fused_rnn.bench.packed_floor import measure_packed_floors
+    from fused_rnn.bench.timing import Budget
+
+    shape = PackedShape(5, 9, 7, 7)
+    [result] = measure_packed_floors(shape, torch.float64, "forward+backward", Budget(1, 1, 0.0), ops=("gru",))
+    assert result.op == "gru"
+    assert result.fraction == packed_lengths(shape).sum().item() / (9 * 5) < 1
+    assert min(result.packing_ms, result.padded_ms, result.packed_ms) > 0
+    assert result.floor == pytest.approx(result.fraction + result.packing_ms / result.padded_ms)
+    assert result.ratio == result.packed_ms / result.padded_ms
+
+
+def test_packed_verdict_tells_a_floor_above_the_goal():
+    from fused_rnn.bench.cpu_floor import packed_verdict
+
+    assert packed_verdict(0.69, 0.8) == "met"
+    assert packed_verdict(0.75, 0.72) == "floor above goal"
+    assert packed_verdict(0.75, 0.65) == "not met"

@@ -10,7 +10,9 @@ torch.nn (`torch-cpu`) and `native`: both medians, their ratio, and each as % of
 point's FLOPs, fused_rnn.bench.flops, at the best rate), the goal of the ratio, packed points
 against their padded points, with the load of the rows; then the first forward call (and import)
 of an LSTM layer in fresh processes, fused_rnn's against torch.nn's. `--rate` takes the rate
-instead of measuring it, `--no-first-call` skips the fresh processes.
+instead of measuring it, `--no-first-call` skips the fresh processes. `--packed-floors` measures,
+at the sweep's packed points in both dtypes, the floor of their ratio to the padded points
+(fused_rnn.bench.packed_floor) beside the ratio of the same run.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ from typing import Callable
 import torch
 
 from .flops import flops
-from .shapes import parse_shape
+from .packed_floor import measure_packed_floors
+from .shapes import CPU_GOAL_PACKED, parse_shape
+from .timing import Budget
 
 GEMM_SIZE = 2048
+PACKED_GOAL = 0.7
+PACKED_FLOOR_BUDGET = Budget(min_calls=5, max_calls=30, seconds=3.0)
 
 
 def _rate(product: Callable[[], object], multiply_adds: int, calls: int = 10) -> float:
@@ -142,11 +148,36 @@ def print_floor_table(table: list[dict]) -> None:
               f"{r['torch_floor']:.0f} | {r['load']} |")
 
 
+def packed_verdict(ratio: float, floor: float) -> str:
+    """A packed point's ratio against the goal: met, or not met with its floor above the goal (a
+    layer no cheaper per row-step on packed rows than on padded ones cannot meet it) or below it."""
+    if ratio <= PACKED_GOAL:
+        return "met"
+    return "floor above goal" if floor > PACKED_GOAL else "not met"
+
+
+def print_packed_floors(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> None:
+    """Measures and prints, per packed point of the cpu-goals sweep, dtype, mode and op: N/(T*B),
+    the packing alone, the native padded and packed layers (ms, one interleaved run per point,
+    dtype and mode), their ratio and its floor against the goal."""
+    print(f"| op | mode | shape | dtype | N/(T*B) | packing ms | padded ms | packed ms | ratio | floor | "
+          f"goal {PACKED_GOAL} |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for shape in CPU_GOAL_PACKED:
+        for dtype in dtypes:
+            for mode in ("forward", "forward+backward"):
+                for f in measure_packed_floors(shape, dtype, mode, PACKED_FLOOR_BUDGET):
+                    print(f"| {f.op} | {mode} | {shape} | {str(dtype).removeprefix('torch.')} | {f.fraction:.3f} | "
+                          f"{f.packing_ms:.2f} | {f.padded_ms:.2f} | {f.packed_ms:.2f} | {f.ratio:.2f} | "
+                          f"{f.floor:.2f} | {packed_verdict(f.ratio, f.floor)} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", help="bench results with torch-cpu and native rows")
     parser.add_argument("--rate", type=float, help="GFLOP/s for the floor (default: measure the GEMMs)")
     parser.add_argument("--no-first-call", action="store_true", help="skip the fresh-process timing")
+    parser.add_argument("--packed-floors", action="store_true",
+                        help="measure the floor of the packed points' ratio to their padded points")
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads\n")
     rate = args.rate
@@ -159,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.csv:
         print(f"\nfloor: FLOPs at {rate:.0f} GFLOP/s (float64 at half)\n")
         print_floor_table(floor_rows(args.csv, rate))
+    if args.packed_floors:
+        print(f"\npacked points: native time over the padded point's; floor = N/(T*B) + packing / padded\n")
+        print_packed_floors()
     if not args.no_first_call:
         print("\n| first call, fresh process (LSTM T64 B16 I=H=256) | import s | first forward s |\n|---|---|---|")
         for name, (imported, called) in first_calls().items():

@@ -40,7 +40,7 @@ def _load_module(module: nn.Module, weights: Weights, dtype: torch.dtype, device
     return module
 
 
-def _packed_run(module: nn.Module, shape: PackedShape) -> Callable[[Tensor], Tensor]:
+def packed_run(module: nn.Module, shape: PackedShape) -> Callable[[Tensor], Tensor]:
     """x [T, B, I] packed with the (sorted) lengths of the point at T steps (the full point's or
     its check version's) -> module's output padded to [T, B, H]. The output is padded by one
     scatter, the same for every provider (not pad_packed_sequence, whose backward copies the whole
@@ -83,7 +83,7 @@ def build_workload(
     module = _load_module(modules(shape.input_size, shape.hidden, num_layers=layers), weights, dtype, device)
     params = dict(module.named_parameters())
     if isinstance(shape, PackedShape):
-        return Built(run=_packed_run(module, shape), params=params)
+        return Built(run=packed_run(module, shape), params=params)
     if isinstance(shape, StepwiseShape):
         return Built(run=_stepwise_run(module), params=params)
     return Built(run=lambda x: module(x)[0], params=params)

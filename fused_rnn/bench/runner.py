@@ -76,7 +76,8 @@ def _status_of(error: BaseException) -> str:
     return SKIPPED if isinstance(error, torch.cuda.OutOfMemoryError) else ERROR
 
 
-def _step(built: Built, inputs: tuple, mode: str, grad_output) -> Callable[[], object]:
+def step_of(built: Built, inputs: tuple, mode: str, grad_output) -> Callable[[], object]:
+    """One timed call of `built` in `mode`: its forward without autograd, or forward and backward."""
     if mode == "forward":
         return lambda: built.forward(inputs)
     return lambda: built.forward_backward(inputs, grad_output)
@@ -148,7 +149,7 @@ def _run_mode(sweep, truth, built, inputs, grad_output, mode, outcome) -> list[O
         if not check.passed:
             results.append(outcome(mode, name, FAILED, str(check)))
             continue
-        steps[name] = _step(instance, inputs, mode, grad_output)
+        steps[name] = step_of(instance, inputs, mode, grad_output)
     measured = _measure(steps, device, sweep.budget)
     load = os.getloadavg()[0]
     for name, (timing, peak, error) in measured.items():
