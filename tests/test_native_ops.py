@@ -115,17 +115,27 @@ def _linear_operands(dtype, layout: str):
     """x [M, K] and w [N, K] at odd sizes (large enough for oneDNN to run them in float32),
     contiguous or as transposed views of other tensors."""
     generator = torch.Generator().manual_seed(len(layout))
-    x = torch.randn(137, 69, generator=generator, dtype=torch.float64)
-    w = torch.randn(93, 69, generator=generator, dtype=torch.float64)
+    # Cast before the layout is made: a cast of a strided view makes a dense tensor.
+    x = torch.randn(137, 69, generator=generator, dtype=torch.float64).to(dtype)
+    w = torch.randn(93, 69, generator=generator, dtype=torch.float64).to(dtype)
     if layout == "transposed":
         x, w = x.t().contiguous().t(), w.t().contiguous().t()
     if layout == "sliced":  # row stride larger than the row, as a slice of gate columns makes
         x, w = torch.cat([x, x], 1)[:, :69], torch.cat([w, w], 1)[:, :69]
-    return x.to(dtype), w.to(dtype)
+    if layout == "sliced-transposed":  # the transpose of such a slice, as a weight gradient takes it
+        x, w = _transposed_slice(x), _transposed_slice(w)
+    strides = {"contiguous": (69, 1), "transposed": (1, 137), "sliced": (138, 1), "sliced-transposed": (1, 274)}
+    assert x.stride() == strides[layout]
+    return x, w
+
+
+def _transposed_slice(t):
+    """t [R, C] as the transpose of a column slice of a [C, 2R] tensor: strides (1, 2R)."""
+    return torch.cat([t.t(), t.t()], 1)[:, : t.shape[0]].t()
 
 
 @pytest.mark.parametrize("bias", ["none", "vector", "matrix"])
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced", "sliced-transposed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_native_linear_equals_torch(dtype, layout, bias):
     x, w = _linear_operands(dtype, layout)
@@ -174,6 +184,20 @@ def test_float64_gemms_run_the_panel_gemm_where_it_is_chosen():
     assert "fused_rnn::native_linear" in names
     aten_gemms = names & {"aten::mm", "aten::addmm", "aten::addmm_", "aten::matmul"}
     assert bool(aten_gemms) == (native.build_info()["cpu_gemm_float64"] == "aten"), names
+
+
+@pytest.mark.skipif(REASON is not None or native.build_info()["cpu_gemm"] != "onednn",
+                    reason="float32 GEMMs run through ATen here")
+def test_onednn_operand_compacts_a_transposed_slice_row_by_row():
+    """A transposed slice (strides (1, ld > rows)) reaches oneDNN as one row-by-row copy of its
+    rows, not ATen's element-by-element copy into a transposed layout (a GRU weight gradient over
+    the r and z columns of [R, 3H]: 17 against 3.5 ms at R = 16320, H = 256)."""
+    x, w = _linear_operands(torch.float32, "sliced-transposed")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        got = torch.ops.fused_rnn.native_linear(x, w, None)
+    copies = [e.input_shapes[0] for e in prof.events() if e.name == "aten::copy_"]
+    assert sorted(copies) == [[69, 93], [69, 137]], copies  # x^T and w^T rows, never [137, 69]
+    torch.testing.assert_close(got, (x.double() @ w.double().t()).float(), rtol=1e-5, atol=1e-5)
 
 
 def test_native_linear_leaves_its_inputs_alone():

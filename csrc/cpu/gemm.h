@@ -24,7 +24,9 @@ bool onednn_gemm_available();
 bool float64_panel_gemm();
 
 /// out [M, N] = a [M, K] @ b [K, N], or out += a @ b when `accumulate`; a and b may have any
-/// strides (transposed views are read in place), out is contiguous and of their dtype.
+/// strides (oneDNN reads contiguous matrices and their transposes in place and gets a row-by-row
+/// copy of other views; the panel GEMM reads any view with a unit stride), out is contiguous and
+/// of their dtype.
 void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
 
 /// x [M, K] @ w [N, K]^T + bias [N]: oneDNN's linear with the bias added in the GEMM when it runs
