@@ -30,7 +30,8 @@ import torch
 
 from .flops import flops
 from .packed_floor import measure_packed_floors
-from .shapes import CPU_GOAL_PACKED, parse_shape
+from .results import dtype_name
+from .shapes import CPU_GOAL_PACKED, MODES, parse_shape
 from .timing import Budget
 
 GEMM_SIZE = 2048
@@ -164,9 +165,9 @@ def print_packed_floors(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.
           f"goal {PACKED_GOAL} |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in CPU_GOAL_PACKED:
         for dtype in dtypes:
-            for mode in ("forward", "forward+backward"):
+            for mode in MODES:
                 for f in measure_packed_floors(shape, dtype, mode, PACKED_FLOOR_BUDGET):
-                    print(f"| {f.op} | {mode} | {shape} | {str(dtype).removeprefix('torch.')} | {f.fraction:.3f} | "
+                    print(f"| {f.op} | {mode} | {shape} | {dtype_name(dtype)} | {f.fraction:.3f} | "
                           f"{f.packing_ms:.2f} | {f.padded_ms:.2f} | {f.packed_ms:.2f} | {f.ratio:.2f} | "
                           f"{f.floor:.2f} | {packed_verdict(f.ratio, f.floor)} |", flush=True)
 

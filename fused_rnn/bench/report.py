@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from .flops import flops
 from .registry import baseline
+from .results import dtype_name
 from .runner import MEASURED, Outcome
 from .shapes import RecurrentShape
 
@@ -30,7 +31,7 @@ def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]], left: i
 def _group(outcomes: list[Outcome]) -> dict[tuple, list[Outcome]]:
     groups: dict[tuple, list[Outcome]] = {}
     for o in outcomes:
-        groups.setdefault((o.op, str(o.shape), str(o.dtype).removeprefix("torch."), o.mode), []).append(o)
+        groups.setdefault((o.op, str(o.shape), dtype_name(o.dtype), o.mode), []).append(o)
     return groups
 
 

@@ -12,7 +12,7 @@ import torch
 from .base import Built
 from .progress import Progress
 from .registry import PROVIDERS
-from .results import is_busy
+from .results import dtype_name, is_busy
 from .shapes import Point
 from .timing import Budget, Timing, peak_memory_mib, time_cuda, time_interleaved
 from .verify import GroundTruth
@@ -105,7 +105,7 @@ def run_sweep(
 def run_point(sweep: Sweep, point: Point, dtype: torch.dtype, progress: Progress) -> list[Outcome]:
     """Every mode and provider of one point in one dtype."""
     op, shape, device = point.op, point.shape, sweep.device
-    label = f"{op} {shape} {str(dtype).removeprefix('torch.')}"
+    label = f"{op} {shape} {dtype_name(dtype)}"
 
     def outcome(mode: str, provider: str, status: str, reason: str = "", **measured) -> Outcome:
         progress.advance(f"{label} {mode} {provider}")
