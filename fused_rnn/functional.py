@@ -62,6 +62,14 @@ def _linear(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
     return ops.project(x, w, b, backend)
 
 
+def summed_bias(w: LayerWeights) -> Optional[Tensor]:
+    """b_ih + b_hh [G*H], or None for a layer without biases."""
+    b_ih, b_hh = w.b_ih, w.b_hh
+    if b_ih is None or b_hh is None:
+        return None
+    return b_ih + b_hh
+
+
 def input_projection(
     mode: str, x: Tensor, w: LayerWeights, backend: str = "reference"
 ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -70,7 +78,7 @@ def input_projection(
     if b_ih is None or b_hh is None:
         return _linear(x, w.w_ih, None, backend), None
     if mode != "GRU":
-        return _linear(x, w.w_ih, b_ih + b_hh, backend), None
+        return _linear(x, w.w_ih, summed_bias(w), backend), None
     hidden = w.w_hh.size(1)
     b_hn = b_hh[2 * hidden :]
     folded = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
@@ -171,6 +179,16 @@ def reverse_in_time(x: Tensor, lengths: Optional[Tensor], packing: Optional[Pack
     return reverse_padded(x, lengths)
 
 
+def _projects_in_inference(x: Tensor, w: LayerWeights, h0: Tensor, c0: Optional[Tensor]) -> bool:
+    """Whether an LSTM layer runs the inference op that takes x (fused_rnn::lstm_input_inference,
+    whose backend may project inside the steps): nothing records a graph, and no autocast (which
+    casts the projection apart from the recurrence). TorchScript keeps the projection outside."""
+    if not torch.jit.is_scripting():
+        if not torch.jit.is_tracing() and not torch.is_autocast_enabled(x.device.type):
+            return not needs_grad([x, w.w_ih, w.w_hh, w.w_hr, w.b_ih, w.b_hh, h0, c0])
+    return False
+
+
 def run_direction(
     mode: str,
     x: Tensor,
@@ -189,8 +207,19 @@ def run_direction(
         batch_sizes = packing.batch_sizes
     if reverse:
         x = reverse_in_time(x, lengths, packing)
-    xw, b_hn = input_projection(mode, x, w, backend)
-    out, h_n, c_n = recurrence(mode, xw, w, b_hn, h0, c0, lengths, backend, batch_sizes)
+    if mode == "LSTM" and _projects_in_inference(x, w, h0, c0):
+        assert c0 is not None
+        if batch_sizes is None:
+            out, h_n, c_n = torch.ops.fused_rnn.lstm_input_inference(
+                x, w.w_ih, summed_bias(w), w.w_hh, w.w_hr, h0, c0, lengths, backend
+            )
+        else:
+            out, h_n, c_n = torch.ops.fused_rnn.lstm_packed_input_inference(
+                x, w.w_ih, summed_bias(w), w.w_hh, w.w_hr, h0, c0, batch_sizes, backend
+            )
+    else:
+        xw, b_hn = input_projection(mode, x, w, backend)
+        out, h_n, c_n = recurrence(mode, xw, w, b_hn, h0, c0, lengths, backend, batch_sizes)
     if reverse:
         out = reverse_in_time(out, lengths, packing)
     return out, h_n, c_n

@@ -213,6 +213,27 @@ def lstm_backward(
     )
 
 
+def lstm_input_inference(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_inference of x [T, B, I] @ w_ih^T + bias: on the CPU one C++ op, which runs the
+    projection inside the steps where each thread has rows of its own (csrc/cpu/lstm.cpp,
+    runs_input_inside); elsewhere `linear`, then lstm_inference."""
+    if x.device.type != "cpu":
+        xw = linear(x.reshape(-1, x.shape[-1]), w_ih, bias).view(x.shape[0], x.shape[1], -1)
+        return lstm_inference(xw, w_hh, w_hr, h0, c0, lengths)
+    if bias is None:
+        bias = x.new_zeros(w_ih.shape[0])
+    return tuple(_native_ops().native_lstm_input_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths))
+
+
 def gru_forward(
     xw: Tensor,
     w_hh: Tensor,
@@ -293,6 +314,24 @@ def lstm_packed_backward(
     )
 
 
+def lstm_packed_input_inference(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    batch_sizes: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_input_inference on packed rows x [N, I] (CPU)."""
+    if bias is None:
+        bias = x.new_zeros(w_ih.shape[0])
+    return tuple(
+        _native_ops().native_lstm_packed_input_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes)
+    )
+
+
 def gru_packed_forward(
     xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, batch_sizes: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -355,6 +394,10 @@ def _register_fakes() -> None:
     def _(xw, w_hh, w_hr, h0, c0, lengths):
         return ops.lstm_inference(xw, w_hh, w_hr, h0, c0, lengths, "native")
 
+    @register("fused_rnn::native_lstm_input_inference")
+    def _(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths):
+        return ops.lstm_input_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, "native")
+
     @register("fused_rnn::native_lstm_backward")
     def _(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, lengths, hs, cs, gates):
         dw_hr = grad_hs.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
@@ -387,6 +430,10 @@ def _register_fakes() -> None:
     @register("fused_rnn::native_lstm_packed_inference")
     def _(xw, w_hh, w_hr, h0, c0, batch_sizes):
         return packed_ops.lstm_packed_inference(xw, w_hh, w_hr, h0, c0, batch_sizes, "native")
+
+    @register("fused_rnn::native_lstm_packed_input_inference")
+    def _(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes):
+        return packed_ops.lstm_packed_input_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes, "native")
 
     @register("fused_rnn::native_lstm_packed_backward")
     def _(grad_hs, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, batch_sizes, hs, cs, gates):

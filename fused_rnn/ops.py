@@ -126,6 +126,18 @@ def check_lstm_args(
     _check_lengths(lengths, batch, xw)
 
 
+def check_lstm_input_args(x: Tensor, w_ih: Tensor, bias: Optional[Tensor], w_hh: Tensor) -> Tensor:
+    """Checks x [T, B, I], w_ih [4H, I] and bias [4H] or None against w_hh [4H, P] -> a tensor of
+    the shape, dtype and device of xw = x @ w_ih^T + bias (no storage), for check_lstm_args."""
+    if x.dim() != 3:
+        raise RuntimeError(f"x must have shape [T, B, I], got {list(x.shape)}")
+    if w_hh.dim() != 2:
+        raise RuntimeError(f"w_hh must have shape [4H, P], got {list(w_hh.shape)}")
+    gates = w_hh.shape[0]
+    _check_tensors(x, {"w_ih": (w_ih, [gates, x.shape[2]]), "bias": (bias, [gates])})
+    return x.new_empty(()).expand(x.shape[0], x.shape[1], gates)
+
+
 def check_gru_args(
     xw: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor]
 ) -> None:
@@ -319,6 +331,37 @@ def lstm_inference(
 def _(xw, w_hh, w_hr, h0, c0, lengths, backend):
     check_lstm_args(xw, w_hh, w_hr, h0, c0, lengths)
     return xw.new_empty(*xw.shape[:2], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
+
+
+@define_op("fused_rnn::lstm_input_inference")
+def lstm_input_inference(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Optional[Tensor],
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_inference of xw = x @ w_ih^T + bias, for x [T, B, I], w_ih [4H, I], bias [4H] or None:
+    -> hs [T, B, P], h_n [B, P], c_n [B, H]. A backend with `lstm_input_inference` may run the
+    projection inside the steps; the others run `project`, then their lstm_inference."""
+    xw_like = check_lstm_input_args(x, w_ih, bias, w_hh)
+    check_lstm_args(xw_like, w_hh, w_hr, h0, c0, lengths)
+    implementation = get_backend(backend, x.device)
+    if not hasattr(implementation, "lstm_input_inference"):
+        return lstm_inference(project(x, w_ih, bias, backend), w_hh, w_hr, h0, c0, lengths, backend)
+    check_lengths_range(lengths, x.shape[0])
+    return implementation.lstm_input_inference(*contiguous(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths))
+
+
+@torch.library.register_fake(lstm_input_inference)
+def _(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, backend):
+    xw_like = check_lstm_input_args(x, w_ih, bias, w_hh)
+    check_lstm_args(xw_like, w_hh, w_hr, h0, c0, lengths)
+    return x.new_empty(*x.shape[:2], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
 
 
 @define_op("fused_rnn::gru_inference")

@@ -219,6 +219,40 @@ def _(xw, w_hh, w_hr, h0, c0, batch_sizes, backend):
     return xw.new_empty(xw.shape[0], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
 
 
+def _check_lstm_input(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes) -> None:
+    xw_like = ops.check_lstm_input_args(padded_view(x, batch_sizes, h0), w_ih, bias, w_hh)
+    ops.check_lstm_args(xw_like, w_hh, w_hr, h0, c0, None)
+
+
+@define_op("fused_rnn::lstm_packed_input_inference")
+def lstm_packed_input_inference(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    batch_sizes: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """lstm_packed_inference of xw = x @ w_ih^T + bias for packed rows x [N, I] (see
+    fused_rnn::lstm_input_inference): -> hs [N, P], h_n [B, P], c_n [B, H]."""
+    _check_lstm_input(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes)
+    implementation = get_backend(backend, x.device)
+    if x.device.type != "cpu" or not hasattr(implementation, "lstm_packed_input_inference"):
+        return lstm_packed_inference(ops.project(x, w_ih, bias, backend), w_hh, w_hr, h0, c0, batch_sizes, backend)
+    check_batch_sizes_values(batch_sizes, h0.shape[0], x.shape[0])
+    args = [*ops.contiguous(x, w_ih, bias, w_hh, w_hr, h0, c0), batch_sizes]
+    return tuple(implementation.lstm_packed_input_inference(*args))
+
+
+@torch.library.register_fake(lstm_packed_input_inference)
+def _(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes, backend):
+    _check_lstm_input(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes)
+    return x.new_empty(x.shape[0], h0.shape[1]), torch.empty_like(h0), torch.empty_like(c0)
+
+
 @define_op("fused_rnn::lstm_packed_backward")
 def lstm_packed_backward(
     grad_hs: Tensor,

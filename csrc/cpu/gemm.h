@@ -15,6 +15,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace fused_rnn::cpu {
 
 /// Whether float32 GEMMs run through oneDNN in this process.
@@ -32,5 +34,9 @@ void gemm_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, 
 /// x [M, K] @ w [N, K]^T + bias [N]: oneDNN's linear with the bias added in the GEMM when it runs
 /// this product (float32, contiguous operands), else gemm_into over a copy of the bias.
 at::Tensor linear_with_bias(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
+/// fused_rnn::native_linear: x [M, K], w [N, K], b [N] or [M, N] or None -> x @ w^T + b [M, N]
+/// (any strides, every dtype of the recurrence ops).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b);
 
 }  // namespace fused_rnn::cpu

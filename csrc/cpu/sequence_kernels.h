@@ -93,13 +93,14 @@ struct RnnBackwardSequence {
 };
 
 /// LSTM forward (gate order i, f, g, o), with the projection h = (o * tanh(c)) @ W_hr^T when
-/// w_hr is given.
+/// w_hr is given. With x, the input projection x[t] @ W_ih^T + bias runs inside each step, in
+/// place of xw (float and double only, whose scalar type is the accumulation type).
 struct LstmForwardSequence {
   c10::ScalarType dtype;
   SequenceRows rows;
   int64_t hidden;    // H
   int64_t state;     // P: H, or the projection size
-  const void* xw;    // [T, B, 4H] scalar
+  const void* xw;    // [T, B, 4H] scalar, or null with x
   const void* w_hh;  // [4H, P] acc
   const void* w_hr;  // [P, H] acc, or null
   const void* h0;    // [B, P] acc
@@ -107,6 +108,10 @@ struct LstmForwardSequence {
   void* hs;          // [T, B, P] scalar, out
   void* gates;       // [T, B, 4H] scalar, out: activated i, f, g, o; null when not saved
   void* cs;          // [T, B, H] acc, out: cell states; null when not saved
+  const void* x = nullptr;     // [T, B, I] scalar, or null: the input of the projection
+  const void* w_ih = nullptr;  // [4H, I] scalar
+  const void* bias = nullptr;  // [4H] scalar
+  int64_t input = 0;           // I
 };
 
 /// LSTM backward: the gate gradients dxw and the initial-state gradients.

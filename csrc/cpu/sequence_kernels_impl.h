@@ -220,8 +220,9 @@ void rnn_backward_step(const RnnBackwardStep& s, const Block& block) {
 struct LstmForwardStep {
   StepRows rows;
   int64_t hidden;
-  const void* xw;     // [B, 4H] scalar: xw[t]
-  const void* hw;     // [B, 4H] acc: h[t-1] @ W_hh^T
+  const void* xw;     // [B, 4H] scalar: xw[t]; with an xw_stride of 0 one row for every row
+  int64_t xw_stride;  // between rows of xw: 4H, or 0
+  const void* hw;     // [B, 4H] acc: h[t-1] @ W_hh^T (+ x[t] @ W_ih^T where xw is the bias)
   void* gates;        // [B, 4H] scalar, out: activated i, f, g, o; null when not saved
   void* cs;           // [B, H] acc, out: cs[t]; null when not saved
   void* c;            // [B, H] acc, in-out: the carried cell state
@@ -252,7 +253,7 @@ void lstm_forward_step(const LstmForwardStep& s, const Block& block) {
       }
       return;
     }
-    const scalar_t* xw = row<scalar_t>(s.xw, b, 4 * H);
+    const scalar_t* xw = row<scalar_t>(s.xw, b, s.xw_stride);
     const acc_t* hw = row<acc_t>(s.hw, b, 4 * H);
     acc_t* c = row<acc_t>(s.c, b, H);
     for (int64_t j = j0; j < j1; j += L::size()) {
@@ -609,13 +610,6 @@ struct Stage {
   }
 };
 
-// Weights up to this size per member stay in its L2 cache from step to step (half of a 1 MiB
-// L2, which also holds the step's operands). The team splits the rows instead of the units when
-// each member's step reads the whole weight from its own L2 (an LSTM's 1 MiB W_hh at H = 256,
-// B = 16 ran 14 % faster split by units), or has this many rows to reuse each panel on.
-constexpr int64_t kCachedWeightBytes = int64_t{1} << 19;
-constexpr int64_t kRowSplitRowsPerMember = 16;
-
 /// Runs `stages` at steps t = 0 .. steps - 1, or with `backward` at t = steps - 1 down to -1
 /// (the products of step -1 make the initial-state gradient; no pointwise pass runs at t < 0).
 ///
@@ -643,8 +637,7 @@ void run_sequence(std::array<Stage<acc_t>, kStages>& stages, const SequenceRows&
     weight_bytes += stage.w.elements() * static_cast<int64_t>(sizeof(acc_t));
   }
   const int most = static_cast<int>(std::min<int64_t>(team_threads(), 1 + flops / kFlopsPerExtraThread));
-  const bool split_rows = most > 1 && batch >= 2 * most &&
-                          (weight_bytes <= kCachedWeightBytes || batch >= kRowSplitRowsPerMember * most);
+  const bool split_rows = splits_rows(batch, most, weight_bytes);
   const int threads = split_rows ? most : static_cast<int>(std::min<int64_t>(most, panels));
   // Split by units, a member's pass reads a few lines of each row of streamed(t) per panel, which
   // the hardware prefetcher misses. Prefetched while the member multiplies, they are still in its
@@ -785,9 +778,12 @@ void rnn_backward(const RnnBackwardSequence& s) {
 template <typename scalar_t>
 void lstm_forward(const LstmForwardSequence& s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = s.rows.batch, H = s.hidden, P = s.state;
+  const int64_t B = s.rows.batch, H = s.hidden, P = s.state, I = s.input;
   const bool projected = s.w_hr != nullptr;
   const bool save = s.gates != nullptr;
+  const bool input_inside = s.x != nullptr;
+  TORCH_CHECK(!input_inside || (std::is_same_v<scalar_t, acc_t>),
+              "lstm_forward: the input projection runs inside the steps only in float and double");
   // Without a projection h[t] alternates between two buffers (see rnn_forward); with one, a
   // barrier separates the products that read h from the pass that writes it.
   const Buffers<acc_t> state(projected ? 1 : 2, B, P), hw(1, B, 4 * H);
@@ -795,24 +791,33 @@ void lstm_forward(const LstmForwardSequence& s) {
   const auto state_of = [&](int64_t t) { return projected ? state.get(0) : state.of_step(t); };
   std::memcpy(state_of(-1), s.h0, B * P * sizeof(acc_t));
   const auto live = [&](int64_t t) { return s.rows.live(t); };
+  // With the input inside, the pass reads the bias in place of xw[t] (every row the same), and
+  // the input stage's product x[t] @ W_ih^T is what the gates stage adds h[t-1] @ W_hh^T to.
+  const auto xw_at = [&](int64_t t) -> const scalar_t* {
+    return input_inside ? static_cast<const scalar_t*>(s.bias) : at_step<scalar_t>(s.xw, s.rows, t, 4 * H);
+  };
+  Stage<acc_t> input_stage{
+      Panels<acc_t>::layout(4, H, I), static_cast<const acc_t*>(s.w_ih), true, false, live,
+      [&](int64_t t) { return at_step<acc_t>(s.x, s.rows, t, I); },
+      [&](int64_t) { return hw.get(0); },
+      {},
+  };
   Stage<acc_t> gates_stage{
-      Panels<acc_t>::layout(4, H, P), static_cast<const acc_t*>(s.w_hh), true, false, live,
+      Panels<acc_t>::layout(4, H, P), static_cast<const acc_t*>(s.w_hh), true, input_inside, live,
       [&](int64_t t) { return state_of(t - 1); },
       [&](int64_t) { return hw.get(0); },
       [&](int64_t t, const Block& block) {
         lstm_forward_step<scalar_t>(
-            {s.rows.at(t), H, at_step<scalar_t>(s.xw, s.rows, t, 4 * H), hw.get(0),
+            {s.rows.at(t), H, xw_at(t), input_inside ? 0 : 4 * H, hw.get(0),
              save ? at_step<scalar_t>(s.gates, s.rows, t, 4 * H) : nullptr,
              save ? at_step<acc_t>(s.cs, s.rows, t, H) : nullptr, s.c,
              projected ? nullptr : at_step<scalar_t>(s.hs, s.rows, t, H),
              projected ? nullptr : state_of(t), projected ? unprojected.get(0) : nullptr}, block);
       },
-      [&](int64_t t) { return at_step<scalar_t>(s.xw, s.rows, t, 4 * H); }, sizeof(scalar_t),
   };
-  if (!projected) {
-    std::array<Stage<acc_t>, 1> stages{{gates_stage}};
-    run_sequence(stages, s.rows, /*backward=*/false);
-    return;
+  if (!input_inside) {
+    gates_stage.streamed = [&](int64_t t) { return xw_at(t); };
+    gates_stage.streamed_bytes = sizeof(scalar_t);
   }
   Stage<acc_t> projection_stage{
       Panels<acc_t>::layout(1, P, H), static_cast<const acc_t*>(s.w_hr), true, false, live,
@@ -823,8 +828,19 @@ void lstm_forward(const LstmForwardSequence& s) {
             {s.rows.at(t), P, h_projected.get(0), at_step<scalar_t>(s.hs, s.rows, t, P), state.get(0)}, block);
       },
   };
-  std::array<Stage<acc_t>, 2> stages{{gates_stage, projection_stage}};
-  run_sequence(stages, s.rows, /*backward=*/false);
+  const auto run = [&](auto&... stage) {
+    std::array<Stage<acc_t>, sizeof...(stage)> stages{{stage...}};
+    run_sequence(stages, s.rows, /*backward=*/false);
+  };
+  if (input_inside && projected) {
+    run(input_stage, gates_stage, projection_stage);
+  } else if (input_inside) {
+    run(input_stage, gates_stage);
+  } else if (projected) {
+    run(gates_stage, projection_stage);
+  } else {
+    run(gates_stage);
+  }
 }
 
 template <typename scalar_t>
