@@ -14,6 +14,9 @@ below is the op's OpOverload.
     fused_rnn::lstm_inference, fused_rnn::gru_inference
                              the forward ops without the tensors saved for backward (cs, gates):
                              -> hs, h_n, c_n and hs, h_n; not differentiable
+    fused_rnn::lstm_input_inference (x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, backend)
+                             lstm_inference of xw = x @ w_ih^T + bias, which a backend may
+                             compute inside the steps (the native one on the CPU)
 
     fused_rnn::linear        (x, w, b, backend)                           -> x @ w^T + b
                              the GEMMs around the recurrence: the input projection of every

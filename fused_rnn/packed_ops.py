@@ -10,6 +10,8 @@ sum(batch_sizes[:t]) on) and batch_sizes [T] (int64, on the CPU) in place of len
     fused_rnn::gru_packed_forward   (xw [N, 3H], w_hh, b_hn, h0, batch_sizes, backend)
                                     -> hs [N, H], h_n, gates [N, 4H]
     fused_rnn::*_packed_backward, fused_rnn::{lstm,gru}_packed_inference   likewise
+    fused_rnn::lstm_packed_input_inference (x [N, I], w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes,
+                                    backend): fused_rnn::lstm_input_inference on packed rows
 
 A backend with packed kernels (`<cell>_packed_<direction>`: the native one, on the CPU) runs them.
 Any other backend, and every backend off the CPU, runs its padded functions between a pad and a
