@@ -36,7 +36,7 @@ TORCH_LIBRARY(fused_rnn, m) {
       " Tensor? lengths) -> (Tensor hs, Tensor h_n, Tensor c_n)");
   // native_lstm_inference of xw = x @ w_ih^T + bias (CPU): x [T, B, I], w_ih [4H, I], bias [4H].
   m.def(
-      "native_lstm_input_inference(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor? w_hr,"
+      "native_lstm_input_inference(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr,"
       " Tensor h0, Tensor c0, Tensor? lengths) -> (Tensor hs, Tensor h_n, Tensor c_n)");
 
   // GRU (gate order r, z, n), b_hn inside r * (W_hn h + b_hn).
@@ -73,7 +73,7 @@ TORCH_LIBRARY(fused_rnn, m) {
       "native_lstm_packed_inference(Tensor xw, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0,"
       " Tensor batch_sizes) -> (Tensor hs, Tensor h_n, Tensor c_n)");
   m.def(
-      "native_lstm_packed_input_inference(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh,"
+      "native_lstm_packed_input_inference(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh,"
       " Tensor? w_hr, Tensor h0, Tensor c0, Tensor batch_sizes) -> (Tensor hs, Tensor h_n, Tensor c_n)");
   m.def(
       "native_gru_packed_forward(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0,"

@@ -159,16 +159,15 @@ RecurrenceSizes check_lstm_forward(const char* op, const at::Tensor& xw, const a
   return {T, B, H, P};
 }
 
-int64_t check_lstm_input(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
-                         const at::Tensor& bias, const at::Tensor& w_hh) {
+void check_lstm_input(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
+                      const std::optional<at::Tensor>& bias, const at::Tensor& w_hh) {
   const Arguments args(op, "x", x, "[T, B, I]");
   args.expect_rank("w_hh", w_hh, 2, "[4H, P]");
   const int64_t G = w_hh.size(0), I = x.size(2);
   TORCH_CHECK(G % 4 == 0, op, ": w_hh must have shape [4H, P] (first dimension a multiple of 4), got ",
               shape_string(w_hh.sizes()));
   args.expect("w_ih", w_ih, {G, I}, "[4H, I]");
-  args.expect("bias", bias, {G}, "[4H]");
-  return I;
+  args.expect_optional("bias", bias, {G}, "[4H]");
 }
 
 RecurrenceSizes check_lstm_backward(const char* op, const at::Tensor& grad_hs,

@@ -36,9 +36,9 @@ RecurrenceSizes check_lstm_forward(
     const std::optional<at::Tensor>& lengths);
 
 /// The input projection of an LSTM op that takes x in place of xw = x @ w_ih^T + bias: x
-/// [T, B, I], w_ih [4H, I] and bias [4H] of x's dtype and device, w_hh [4H, P] -> I.
-int64_t check_lstm_input(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
-                         const at::Tensor& bias, const at::Tensor& w_hh);
+/// [T, B, I], w_ih [4H, I] and bias [4H] or None of x's dtype and device, w_hh [4H, P].
+void check_lstm_input(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
+                      const std::optional<at::Tensor>& bias, const at::Tensor& w_hh);
 
 RecurrenceSizes check_lstm_backward(
     const char* op, const at::Tensor& grad_hs, const at::Tensor& grad_h_n,

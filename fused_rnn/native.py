@@ -223,14 +223,8 @@ def lstm_input_inference(
     c0: Tensor,
     lengths: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """lstm_inference of x [T, B, I] @ w_ih^T + bias: on the CPU one C++ op, which runs the
-    projection inside the steps where each thread has rows of its own (csrc/cpu/lstm.cpp,
-    runs_input_inside); elsewhere `linear`, then lstm_inference."""
-    if x.device.type != "cpu":
-        xw = linear(x.reshape(-1, x.shape[-1]), w_ih, bias).view(x.shape[0], x.shape[1], -1)
-        return lstm_inference(xw, w_hh, w_hr, h0, c0, lengths)
-    if bias is None:
-        bias = x.new_zeros(w_ih.shape[0])
+    """lstm_inference of x [T, B, I] @ w_ih^T + bias (CPU): one C++ op, which runs the projection
+    inside the steps where each thread has rows of its own (csrc/cpu/lstm.cpp, runs_input_inside)."""
     return tuple(_native_ops().native_lstm_input_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths))
 
 
@@ -325,8 +319,6 @@ def lstm_packed_input_inference(
     batch_sizes: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """lstm_input_inference on packed rows x [N, I] (CPU)."""
-    if bias is None:
-        bias = x.new_zeros(w_ih.shape[0])
     return tuple(
         _native_ops().native_lstm_packed_input_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, batch_sizes)
     )

@@ -350,11 +350,12 @@ def lstm_input_inference(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """lstm_inference of xw = x @ w_ih^T + bias, for x [T, B, I], w_ih [4H, I], bias [4H] or None:
     -> hs [T, B, P], h_n [B, P], c_n [B, H]. A backend with `lstm_input_inference` may run the
-    projection inside the steps; the others run `project`, then their lstm_inference."""
+    projection inside the steps on the CPU; the others, and every backend elsewhere, run
+    `project`, then their lstm_inference."""
     xw_like = check_lstm_input_args(x, w_ih, bias, w_hh)
     check_lstm_args(xw_like, w_hh, w_hr, h0, c0, lengths)
     implementation = get_backend(backend, x.device)
-    if not hasattr(implementation, "lstm_input_inference"):
+    if x.device.type != "cpu" or not hasattr(implementation, "lstm_input_inference"):
         return lstm_inference(project(x, w_ih, bias, backend), w_hh, w_hr, h0, c0, lengths, backend)
     check_lengths_range(lengths, x.shape[0])
     return implementation.lstm_input_inference(*contiguous(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths))

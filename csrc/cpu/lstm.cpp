@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -29,7 +30,8 @@ constexpr const char* kPackedInference = "fused_rnn::native_lstm_packed_inferenc
 constexpr const char* kPackedBackward = "fused_rnn::native_lstm_packed_backward";
 
 /// The input projection xw = x @ w_ih^T + bias of lstm_input_inference, for the steps to run:
-/// x [T, B, I] (packed: [N, I]), w_ih [4H, I], bias [4H], float32 or float64.
+/// x [T, B, I] (packed: [N, I]), w_ih [4H, I], bias [4H] (zeros for a layer without), float32 or
+/// float64.
 struct StepInput {
   Tensor x;
   Tensor w_ih;
@@ -148,7 +150,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_packed_inference(
 /// The checks of an input inference op on x_like [T, B, I] (x, or a view of packed x with
 /// x's shape over time and batch) and of lstm_inference on a tensor of xw's shape (no storage).
 RecurrenceSizes check_input_inference(const char* op, const Tensor& x_like, const Tensor& w_ih,
-                                      const Tensor& bias, const Tensor& w_hh,
+                                      const std::optional<Tensor>& bias, const Tensor& w_hh,
                                       const std::optional<Tensor>& w_hr, const Tensor& h0,
                                       const Tensor& c0, const std::optional<Tensor>& lengths) {
   check_lstm_input(op, x_like, w_ih, bias, w_hh);
@@ -160,19 +162,19 @@ RecurrenceSizes check_input_inference(const char* op, const Tensor& x_like, cons
 template <typename Layout>
 std::tuple<Tensor, Tensor, Tensor> steps_with_input(const Layout& order, const RecurrenceSizes& n,
                                                     const Tensor& x, const Tensor& w_ih,
-                                                    const Tensor& bias, const Tensor& w_hh,
+                                                    const std::optional<Tensor>& bias, const Tensor& w_hh,
                                                     const std::optional<Tensor>& w_hr,
                                                     const Tensor& h0, const Tensor& c0) {
-  const StepInput input{x, w_ih, bias};
+  const StepInput input{x, w_ih, bias.has_value() ? *bias : at::zeros({w_ih.size(0)}, x.options())};
   auto [hs, h_n, c_n, cs, gates] =
       run_lstm_forward(order, n, Tensor(), w_hh, w_hr, h0, c0, /*save=*/false, &input);
   return {hs, h_n, c_n};
 }
 
-/// lstm_inference of xw = x @ w_ih^T + bias for x [T, B, I], w_ih [4H, I], bias [4H]: the
-/// projection runs inside the steps (runs_input_inside) or as one GEMM before them.
+/// lstm_inference of xw = x @ w_ih^T + bias for x [T, B, I], w_ih [4H, I], bias [4H] or None:
+/// the projection runs inside the steps (runs_input_inside) or as one GEMM before them.
 std::tuple<Tensor, Tensor, Tensor> lstm_input_inference(
-    const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
+    const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths) {
   const RecurrenceSizes n =
@@ -188,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_input_inference(
 
 /// lstm_input_inference on packed rows x [N, I] by batch_sizes [T] -> hs [N, P], h_n, c_n.
 std::tuple<Tensor, Tensor, Tensor> lstm_packed_input_inference(
-    const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
+    const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
     const Tensor& batch_sizes) {
   const PackedRows packed(kPackedInputInference, batch_sizes, "x", x);
