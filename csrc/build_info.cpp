@@ -49,6 +49,7 @@ pybind11::dict build_info() {
                           std::to_string(TORCH_VERSION_PATCH);
   info["compiler"] = compiler();
   info["cpu_kernels"] = fused_rnn::cpu::sequence_kernels().capability;
+  info["cpu_mkl_tuned"] = fused_rnn::cpu::mkl_tuned_cpu();
   info["cpu_gemm"] = fused_rnn::cpu::onednn_gemm_available() ? "onednn" : "aten";
   info["cpu_gemm_float64"] = fused_rnn::cpu::float64_panel_gemm() ? "panel" : "aten";
 #ifdef FUSED_RNN_WITH_CUDA

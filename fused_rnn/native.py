@@ -46,7 +46,7 @@ _HOW_TO_BUILD = (
 
 
 def build_info() -> Optional[dict]:
-    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, cpu_gemm,
+    """How fused_rnn._C was built (torch_version, compiler, cpu_kernels, cpu_mkl_tuned, cpu_gemm,
     cpu_gemm_float64, with_cuda, cuda_version, cuda_archs), or None when it is not importable."""
     return None if _C is None else _C.build_info()
 

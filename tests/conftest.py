@@ -16,6 +16,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The native CPU backend picks its GEMMs and whether LSTM inference projects inside the steps by
+# the CPU's vendor (csrc/cpu/gemm.h, mkl_tuned_cpu). The tests that assert a path are written for
+# the rules off Intel CPUs, which run every kernel; test_native_build checks the setting both ways.
+os.environ.setdefault("FUSED_RNN_MKL_TUNED_CPU", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -52,8 +52,10 @@ def test_build_info():
     assert info["cpu_kernels"] in ("default", "avx2", "avx512")
     # PyTorch built with oneDNN exports its matmul, which the CPU GEMMs must then find.
     assert info["cpu_gemm"] == ("onednn" if torch.backends.mkldnn.is_available() else "aten")
+    setting = os.environ.get("FUSED_RNN_MKL_TUNED_CPU")
+    assert info["cpu_mkl_tuned"] == (_intel_cpu() if setting is None else setting == "1")
     # float64 runs on the panel GEMM where its kernels are 512-bit and MKL's dgemm is not.
-    panel = info["cpu_kernels"] == "avx512" and not _intel_cpu()
+    panel = info["cpu_kernels"] == "avx512" and not info["cpu_mkl_tuned"]
     assert info["cpu_gemm_float64"] == ("panel" if panel else "aten")
     assert info["compiler"]
     assert isinstance(info["with_cuda"], bool)
@@ -62,6 +64,36 @@ def test_build_info():
     for arch in info["cuda_archs"]:
         major, minor = arch.split(".")
         assert major.isdigit() and minor.isdigit()
+
+
+@requires_native
+@pytest.mark.parametrize("tuned", [False, True], ids=["other-cpu", "mkl-tuned-cpu"])
+def test_mkl_tuned_cpu_setting_picks_the_gemms_and_the_lstm_inference_path(tuned):
+    """FUSED_RNN_MKL_TUNED_CPU overrides the vendor check. Set (Intel's rules), float64 GEMMs run
+    ATen's and LSTM inference at B = 64 projects with one GEMM first, bitwise that path; unset,
+    the steps project x themselves (they add the bias last, so some bits differ)."""
+    _run_python(
+        f"""
+        import torch
+        from fused_rnn import native
+        torch.set_num_threads(2)
+        info = native.build_info()
+        assert info["cpu_mkl_tuned"] is {tuned}, info
+        if info["cpu_kernels"] == "avx512":
+            assert info["cpu_gemm_float64"] == {"'aten'" if tuned else "'panel'"}, info
+        g = torch.Generator().manual_seed(0)
+        T, B, I, H = 4, 64, 24, 40
+        x = torch.randn(T, B, I, generator=g)
+        w_ih, w_hh = torch.randn(4 * H, I, generator=g) * 0.3, torch.randn(4 * H, H, generator=g) * 0.3
+        b, h0, c0 = torch.randn(4 * H, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g)
+        got = native.lstm_input_inference(x, w_ih, b, w_hh, None, h0, c0, None)
+        xw = native.linear(x.reshape(-1, I), w_ih, b).view(T, B, 4 * H)
+        first = native.lstm_inference(xw, w_hh, None, h0, c0, None)
+        same = all(torch.equal(a, c) for a, c in zip(got, first))
+        assert same is {tuned}, "projection first" if same else "projection inside"
+        """,
+        FUSED_RNN_MKL_TUNED_CPU="1" if tuned else "0",
+    )
 
 
 @requires_native

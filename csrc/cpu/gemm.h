@@ -5,7 +5,7 @@
 // GEMM is up to twice as fast as ATen's (MKL) on CPUs MKL does not tune for. It is looked up at
 // run time: at::native::mkldnn_matmul (a weak symbol) and, for a product with a bias, the
 // dispatcher op mkldnn::_linear_pointwise; without them, for small products and for the reduced
-// dtypes, ATen's GEMM runs. float64 runs through the register-tiled GEMM of the sequence kernels
+// dtypes, ATen's GEMM runs; on Intel CPUs it runs the thin products too (kMklThinSide). float64 runs through the register-tiled GEMM of the sequence kernels
 // (SequenceKernels::gemm) where they run 512-bit vectors on a CPU other than Intel's: MKL's dgemm
 // runs 256-bit code on AMD CPUs (2048^3 on 2 Zen 5 cores: 94 GFLOP/s, the panel GEMM 190; a
 // single-step GRU call at B = 64, H = 500, product and pointwise pass: 1.09 against 0.63 ms).
@@ -18,6 +18,12 @@
 #include <optional>
 
 namespace fused_rnn::cpu {
+
+/// Whether this is a CPU MKL tunes for (Intel's): there ATen's GEMM outruns oneDNN's on thin
+/// products and the panel GEMM of the step loops everywhere (2048^3 on 2 Xeon threads: 340
+/// GFLOP/s; a step's product of the panels at B = 64, H = 1024 in float32: 266). The environment
+/// variable FUSED_RNN_MKL_TUNED_CPU=1 or 0, read once, overrides the check of the vendor.
+bool mkl_tuned_cpu();
 
 /// Whether float32 GEMMs run through oneDNN in this process.
 bool onednn_gemm_available();
