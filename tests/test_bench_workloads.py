@@ -121,6 +121,22 @@ def test_floor_rows_pair_providers_and_scale_by_the_gemm_rate(tmp_path):
     assert f64["native_floor"] == pytest.approx(100 * 2 * floor_ms / 10.0)  # float64 at half the rate
 
 
+def test_floor_rows_keep_the_rows_of_one_device(tmp_path):
+    from fused_rnn.bench.cpu_floor import floor_rows
+
+    path = tmp_path / "cpu.csv"
+    rows = [
+        "lstm,torch-cpu,forward,B16-T256-I256-H256,float32,20.0,1.5,CPU A",
+        "lstm,native,forward,B16-T256-I256-H256,float32,10.0,1.7,CPU A",
+        "lstm,torch-cpu,forward,B16-T256-I256-H256,float32,20.0,1.5,CPU B",
+        "lstm,native,forward,B16-T256-I256-H256,float32,30.0,1.7,CPU B",
+    ]
+    path.write_text("op,provider,mode,shape,dtype,median_ms,load,device\n" + "\n".join(rows) + "\n")
+    assert [r["ratio"] for r in floor_rows(str(path), 100.0, "CPU A")] == [0.5]
+    assert [r["ratio"] for r in floor_rows(str(path), 100.0, "CPU B")] == [1.5]
+    assert floor_rows(str(path), 100.0, "CPU C") == []
+
+
 def test_packing_alone_pads_the_packed_input_and_its_gradient():
     from fused_rnn.bench.packed_floor import packing_alone
 

@@ -70,8 +70,9 @@ def test_build_info():
 @pytest.mark.parametrize("tuned", [False, True], ids=["other-cpu", "mkl-tuned-cpu"])
 def test_mkl_tuned_cpu_setting_picks_the_gemms_and_the_lstm_inference_path(tuned):
     """FUSED_RNN_MKL_TUNED_CPU overrides the vendor check. Set (Intel's rules), float64 GEMMs run
-    ATen's and LSTM inference at B = 64 projects with one GEMM first, bitwise that path; unset,
-    the steps project x themselves (they add the bias last, so some bits differ)."""
+    ATen's and LSTM inference at B = 64 with 1.2 MiB of weights projects with one GEMM first,
+    bitwise that path; unset, the steps project x themselves (they add the bias last, so some bits
+    differ)."""
     _run_python(
         f"""
         import torch
@@ -82,7 +83,7 @@ def test_mkl_tuned_cpu_setting_picks_the_gemms_and_the_lstm_inference_path(tuned
         if info["cpu_kernels"] == "avx512":
             assert info["cpu_gemm_float64"] == {"'aten'" if tuned else "'panel'"}, info
         g = torch.Generator().manual_seed(0)
-        T, B, I, H = 4, 64, 24, 40
+        T, B, I, H = 3, 64, 200, 200
         x = torch.randn(T, B, I, generator=g)
         w_ih, w_hh = torch.randn(4 * H, I, generator=g) * 0.3, torch.randn(4 * H, H, generator=g) * 0.3
         b, h0, c0 = torch.randn(4 * H, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g)

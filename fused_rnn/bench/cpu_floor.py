@@ -107,16 +107,17 @@ def goal(op: str, shape: str) -> float:
     return 0.8 if op == "gru" and plain else 1.0
 
 
-def floor_rows(csv_path: str, rate: float) -> list[dict]:
-    """Per (op, mode, shape, dtype) measured by torch-cpu and native: both medians (ms), the ratio
-    native / torch.nn and its goal, each as % of the floor (FLOPs at `rate` GFLOP/s; float64 at
-    half), for packed points the native time over the native time of the padded point
-    (`own_padded`, None without one), and the larger load of the two rows."""
+def floor_rows(csv_path: str, rate: float, device: str | None = None) -> list[dict]:
+    """Per (op, mode, shape, dtype) measured by torch-cpu and native (on `device`, the results'
+    device column, where given): both medians (ms), the ratio native / torch.nn and its goal, each
+    as % of the floor (FLOPs at `rate` GFLOP/s; float64 at half), for packed points the native
+    time over the native time of the padded point (`own_padded`, None without one), and the larger
+    load of the two rows."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     by_key: dict[tuple, dict] = {}
     for row in rows:
-        if row["provider"] in ("torch-cpu", "native"):
+        if row["provider"] in ("torch-cpu", "native") and device in (None, row.get("device")):
             key = (row["op"], row["mode"], row["shape"], row["dtype"])
             by_key.setdefault(key, {})[row["provider"]] = row
     table = []
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", help="bench results with torch-cpu and native rows")
     parser.add_argument("--rate", type=float, help="GFLOP/s for the floor (default: measure the GEMMs)")
+    parser.add_argument("--device", help="only the --csv rows of this device (its device column)")
     parser.add_argument("--no-first-call", action="store_true", help="skip the fresh-process timing")
     parser.add_argument("--packed-floors", action="store_true",
                         help="measure the floor of the packed points' ratio to their padded points")
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = max(rates.values())
     if args.csv:
         print(f"\nfloor: FLOPs at {rate:.0f} GFLOP/s (float64 at half)\n")
-        print_floor_table(floor_rows(args.csv, rate))
+        print_floor_table(floor_rows(args.csv, rate, args.device))
     if args.packed_floors:
         print(f"\npacked points: native time over the padded point's; floor = N/(T*B) + packing / padded\n")
         print_packed_floors()
