@@ -20,11 +20,13 @@ REASON = native.unavailable_reason(torch.device("cpu"))
 requires_native = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
 
 
-def _run_python(code: str, **env: str) -> None:
-    """Run `code` in a fresh interpreter (with extra environment variables); fail with its output."""
+def _run_python(code: str, unset: tuple[str, ...] = (), **env: str) -> None:
+    """Run `code` in a fresh interpreter (with extra environment variables, and without those
+    named in `unset`); fail with its output."""
+    inherited = {name: value for name, value in os.environ.items() if name not in unset}
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, **env},
+        env={**inherited, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,8 +54,7 @@ def test_build_info():
     assert info["cpu_kernels"] in ("default", "avx2", "avx512")
     # PyTorch built with oneDNN exports its matmul, which the CPU GEMMs must then find.
     assert info["cpu_gemm"] == ("onednn" if torch.backends.mkldnn.is_available() else "aten")
-    setting = os.environ.get("FUSED_RNN_MKL_TUNED_CPU")
-    assert info["cpu_mkl_tuned"] == (_intel_cpu() if setting is None else setting == "1")
+    assert info["cpu_mkl_tuned"] == (os.environ["FUSED_RNN_MKL_TUNED_CPU"] == "1")  # conftest.py sets it
     # float64 runs on the panel GEMM where its kernels are 512-bit and MKL's dgemm is not.
     panel = info["cpu_kernels"] == "avx512" and not info["cpu_mkl_tuned"]
     assert info["cpu_gemm_float64"] == ("panel" if panel else "aten")
@@ -67,12 +68,13 @@ def test_build_info():
 
 
 @requires_native
-@pytest.mark.parametrize("tuned", [False, True], ids=["other-cpu", "mkl-tuned-cpu"])
-def test_mkl_tuned_cpu_setting_picks_the_gemms_and_the_lstm_inference_path(tuned):
-    """FUSED_RNN_MKL_TUNED_CPU overrides the vendor check. Set (Intel's rules), float64 GEMMs run
-    ATen's and LSTM inference at B = 64 with 1.2 MiB of weights projects with one GEMM first,
-    bitwise that path; unset, the steps project x themselves (they add the bias last, so some bits
-    differ)."""
+@pytest.mark.parametrize("setting", ["0", "1", None], ids=["other-cpu", "mkl-tuned-cpu", "vendor-check"])
+def test_mkl_tuned_cpu_setting_picks_the_gemms_and_the_lstm_inference_path(setting):
+    """FUSED_RNN_MKL_TUNED_CPU overrides the vendor check (without it, an Intel CPU is MKL-tuned).
+    Tuned, float64 GEMMs run ATen's and LSTM inference at B = 64 with 1.2 MiB of weights projects
+    with one GEMM first, bitwise that path; otherwise the steps project x themselves (they add the
+    bias last, so some bits differ)."""
+    tuned = _intel_cpu() if setting is None else setting == "1"
     _run_python(
         f"""
         import torch
@@ -93,7 +95,8 @@ def test_mkl_tuned_cpu_setting_picks_the_gemms_and_the_lstm_inference_path(tuned
         same = all(torch.equal(a, c) for a, c in zip(got, first))
         assert same is {tuned}, "projection first" if same else "projection inside"
         """,
-        FUSED_RNN_MKL_TUNED_CPU="1" if tuned else "0",
+        unset=("FUSED_RNN_MKL_TUNED_CPU",),
+        **({} if setting is None else {"FUSED_RNN_MKL_TUNED_CPU": setting}),
     )
 
 

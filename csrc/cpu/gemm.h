@@ -5,8 +5,8 @@
 // GEMM is up to twice as fast as ATen's (MKL) on CPUs MKL does not tune for. It is looked up at
 // run time: at::native::mkldnn_matmul (a weak symbol) and, for a product with a bias, the
 // dispatcher op mkldnn::_linear_pointwise; without them, for small products and for the reduced
-// dtypes, ATen's GEMM runs; on Intel CPUs it runs the thin products too (kMklThinSide). float64 runs through the register-tiled GEMM of the sequence kernels
-// (SequenceKernels::gemm) where they run 512-bit vectors on a CPU other than Intel's: MKL's dgemm
+// dtypes, ATen's GEMM runs; on Intel CPUs it runs the thin products too (kMklThinSide). float64
+// runs through the register-tiled GEMM of the sequence kernels (SequenceKernels::gemm) where they run 512-bit vectors on a CPU other than Intel's: MKL's dgemm
 // runs 256-bit code on AMD CPUs (2048^3 on 2 Zen 5 cores: 94 GFLOP/s, the panel GEMM 190; a
 // single-step GRU call at B = 64, H = 500, product and pointwise pass: 1.09 against 0.63 ms).
 // On Intel CPUs MKL has AVX-512 kernels of its own, and below AVX-512 the panel GEMM has no
