@@ -40,11 +40,24 @@ def test_extension_is_built():
     assert REASON is None, REASON
 
 
-def _intel_cpu() -> bool:
+def _cpuinfo() -> str:
     try:
-        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
+        return ""
+
+
+def _intel_cpu() -> bool:
+    return "GenuineIntel" in _cpuinfo()
+
+
+def _onednn_takes_float32() -> bool:
+    """Whether ATen's oneDNN matmul takes float32 on this CPU: PyTorch carries oneDNN and the CPU
+    supports bfloat16 (AVX-512 BW, VL and DQ, or AVX-NE-CONVERT; ATen's mkldnn_bf16_device_check)."""
+    if not torch.backends.mkldnn.is_available():
         return False
+    flags = set(_cpuinfo().split())
+    return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
 
 
 @requires_native
@@ -52,8 +65,9 @@ def test_build_info():
     info = native.build_info()
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert info["cpu_kernels"] in ("default", "avx2", "avx512")
-    # PyTorch built with oneDNN exports its matmul, which the CPU GEMMs must then find.
-    assert info["cpu_gemm"] == ("onednn" if torch.backends.mkldnn.is_available() else "aten")
+    # PyTorch built with oneDNN exports its matmul, which the CPU GEMMs must then find where it
+    # takes float32 (and must not call where it refuses it: an AVX2 CPU).
+    assert info["cpu_gemm"] == ("onednn" if _onednn_takes_float32() else "aten")
     assert info["cpu_mkl_tuned"] == (os.environ["FUSED_RNN_MKL_TUNED_CPU"] == "1")  # conftest.py sets it
     # float64 runs on the panel GEMM where its kernels are 512-bit and MKL's dgemm is not.
     panel = info["cpu_kernels"] == "avx512" and not info["cpu_mkl_tuned"]

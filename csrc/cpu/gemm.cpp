@@ -6,6 +6,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
 
 #include <cstdlib>
 #include <optional>
@@ -82,7 +83,24 @@ bool mkl_tuned_cpu() {
   return tuned;
 }
 
-bool onednn_gemm_available() { return at::native::mkldnn_matmul != nullptr; }
+bool onednn_gemm_available() {
+  // ATen's oneDNN matmul refuses float32 on a CPU without bfloat16 support (AVX-512 BW/VL/DQ or
+  // AVX-NE-CONVERT; a Zen 3 has AVX2 alone): asked once, on a product of ones.
+  static const bool available = [] {
+    if (at::native::mkldnn_matmul == nullptr) {
+      return false;
+    }
+    const at::Tensor ones = at::ones({2, 2}, at::kFloat);
+    const at::Tensor product = at::empty({2, 2}, at::kFloat);
+    try {
+      at::native::mkldnn_matmul(ones, ones, product, 0.0f, 1.0f);
+    } catch (const c10::Error&) {
+      return false;
+    }
+    return product.eq(2.0f).all().item<bool>();
+  }();
+  return available;
+}
 
 bool float64_panel_gemm() {
   static const bool chosen = sequence_kernels().gemm != nullptr && !mkl_tuned_cpu();

@@ -4,8 +4,9 @@
 // float32 runs through oneDNN, which PyTorch carries (it runs torch.nn.LSTM's CPU path) and whose
 // GEMM is up to twice as fast as ATen's (MKL) on CPUs MKL does not tune for. It is looked up at
 // run time: at::native::mkldnn_matmul (a weak symbol) and, for a product with a bias, the
-// dispatcher op mkldnn::_linear_pointwise; without them, for small products and for the reduced
-// dtypes, ATen's GEMM runs; on Intel CPUs it runs the thin products too (kMklThinSide). float64
+// dispatcher op mkldnn::_linear_pointwise; without them, on a CPU where ATen's oneDNN matmul
+// refuses float32 (one without bfloat16 support: AVX2 alone), for small products and for the
+// reduced dtypes, ATen's GEMM runs; on Intel CPUs it runs the thin products too (kMklThinSide). float64
 // runs through the register-tiled GEMM of the sequence kernels (SequenceKernels::gemm) where they run 512-bit vectors on a CPU other than Intel's: MKL's dgemm
 // runs 256-bit code on AMD CPUs (2048^3 on 2 Zen 5 cores: 94 GFLOP/s, the panel GEMM 190; a
 // single-step GRU call at B = 64, H = 500, product and pointwise pass: 1.09 against 0.63 ms).
@@ -25,7 +26,8 @@ namespace fused_rnn::cpu {
 /// variable FUSED_RNN_MKL_TUNED_CPU=1 or 0, read once, overrides the check of the vendor.
 bool mkl_tuned_cpu();
 
-/// Whether float32 GEMMs run through oneDNN in this process.
+/// Whether float32 GEMMs run through oneDNN in this process: PyTorch carries it and its matmul
+/// takes float32 on this CPU.
 bool onednn_gemm_available();
 
 /// Whether float64 GEMMs run through the sequence kernels' panel GEMM (else ATen's).
