@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
+from .op_library import call_unrecorded
 from .packing import Packing, packed_from_padded, padded_from_packed
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -80,9 +81,8 @@ def input_projection(
     if mode != "GRU":
         return _linear(x, w.w_ih, summed_bias(w), backend), None
     hidden = w.w_hh.size(1)
-    b_hn = b_hh[2 * hidden :]
-    folded = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hn)])
-    return _linear(x, w.w_ih, folded, backend), b_hn
+    folded = torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]])
+    return _linear(x, w.w_ih, folded, backend), b_hh[2 * hidden :]
 
 
 def needs_grad(tensors: List[Optional[Tensor]]) -> bool:
@@ -126,19 +126,29 @@ def recurrence(
     differentiable = torch.jit.is_tracing() or needs_grad([xw, w_hh, w_hr, b_hn, h0, c0])
     if batch_sizes is not None:
         return _packed_recurrence(mode, xw, w_hh, w_hr, b_hn, h0, c0, batch_sizes, differentiable, backend)
+    # Unrecorded, the inference ops skip the dispatcher's wrapper (op_library.call_unrecorded):
+    # most of the cost of a small single-step call beside its two GEMMs.
     if mode == "LSTM":
         assert c0 is not None
         if not differentiable:
+            if not torch.jit.is_scripting():
+                return call_unrecorded(ops.lstm_inference, xw, w_hh, w_hr, h0, c0, lengths, backend)
             return torch.ops.fused_rnn.lstm_inference(xw, w_hh, w_hr, h0, c0, lengths, backend)
         hs, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, backend)
         return hs, h_n, c_n
     if mode == "GRU":
         if not differentiable:
-            hs, h_n = torch.ops.fused_rnn.gru_inference(xw, w_hh, b_hn, h0, lengths, backend)
+            if not torch.jit.is_scripting():
+                hs, h_n = call_unrecorded(ops.gru_inference, xw, w_hh, b_hn, h0, lengths, backend)
+            else:
+                hs, h_n = torch.ops.fused_rnn.gru_inference(xw, w_hh, b_hn, h0, lengths, backend)
             return hs, h_n, None
         hs, h_n, _ = torch.ops.fused_rnn.gru_forward(xw, w_hh, b_hn, h0, lengths, backend)
         return hs, h_n, None
-    hs, h_n = torch.ops.fused_rnn.rnn_forward(xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
+    if not differentiable and not torch.jit.is_scripting():
+        hs, h_n = call_unrecorded(ops.rnn_forward, xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
+    else:
+        hs, h_n = torch.ops.fused_rnn.rnn_forward(xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
     return hs, h_n, None
 
 

@@ -443,7 +443,7 @@ def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
     casts F.linear) F.linear."""
     if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not has_own_cpu_gemm(backend):
         return F.linear(x, w, b)
-    return linear(x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
+    return call_unrecorded(linear, x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
 
 
 # Up to this size of hs, recurrent_weight_grad copies the previous states into one operand: one
