@@ -63,7 +63,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name with the number of threads torch uses."""
+    """The GPU's name, or the CPU's model name with the number of threads torch uses and the
+    vector ISA ATen runs on it ("AMD EPYC (2 threads, AVX2)"): a virtual machine's model name
+    alone does not tell an AVX2 Zen 3 from an AVX-512 Zen 5."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = platform.processor() or platform.machine()
@@ -76,7 +78,7 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     threads = torch.get_num_threads()
-    return f"{model} ({threads} thread{'s' if threads != 1 else ''})"
+    return f"{model} ({threads} thread{'s' if threads != 1 else ''}, {torch.backends.cpu.get_cpu_capability()})"
 
 
 def _git(*args: str) -> Optional[str]:
