@@ -21,6 +21,17 @@ constexpr int tile_rows(int vectors) {
   return std::max(1, (kVectorRegisters - vectors - 2) / vectors);
 }
 
+/// Vectors per row of the register tiles that cover a panel of `panel_vectors` vectors per k
+/// for more rows than one tile of them all holds: all of them, except with 16 registers and 4
+/// vectors, which leave room for 2 rows (8 sums, barely the independent chains that two FMA
+/// pipes of latency 4 need): there 2, in two passes over the panel, 6 rows (12 sums) a tile (2
+/// Zen 3 threads, no grad: LSTM T128 B64 H512 217 against 294 ms, RNN 67 against 76). Three
+/// vectors (GRU) stay whole: in passes of 2 and 1 the second reads a row element per
+/// multiply-add (GRU T128 B64 H512 257 against 220 ms).
+constexpr int tile_vectors(int panel_vectors) {
+  return kVectorRegisters < 32 && panel_vectors == 4 ? 2 : panel_vectors;
+}
+
 /// The panel layout of op(W) [K, N] with N = gates * units: gate g, unit j is column
 /// g * units + j. Panel p covers units [p * span(), (p + 1) * span()) of every gate: for each k,
 /// the `vectors` vectors of those units of gate 0, then of gate 1, ... (gates * vectors vectors
@@ -97,9 +108,10 @@ struct TileColumns {
   int64_t valid[kVectors];
 };
 
-/// out[r, columns] (+)= sum_k a[r, k] * panel[k] for rows r < kRows: one register tile. a(r, k)
-/// is a[r * lda + k * a_depth_stride].
-template <typename acc_t, int kRows, int kVectors>
+/// out[r, columns] (+)= sum_k a[r, k] * panel[k] for rows r < kRows: one register tile over
+/// kVectors of the kPanelVectors vectors per k of a panel, from `panel` (its first vector at
+/// k = 0) on. a(r, k) is a[r * lda + k * a_depth_stride].
+template <typename acc_t, int kRows, int kVectors, int kPanelVectors>
 void tile_product(const acc_t* a, int64_t lda, int64_t a_depth_stride, const acc_t* panel,
                   int64_t depth, acc_t* out, int64_t ldo, const TileColumns<kVectors>& columns,
                   bool accumulate) {
@@ -116,7 +128,7 @@ void tile_product(const acc_t* a, int64_t lda, int64_t a_depth_stride, const acc
     rows[r] = a + r * lda;
   }
   for (int64_t k = 0; k < depth; ++k) {
-    const acc_t* b = panel + k * kVectors * kLanes;
+    const acc_t* b = panel + k * kPanelVectors * kLanes;
     Vec column[kVectors];
     for (int v = 0; v < kVectors; ++v) {
       column[v] = Vec::loadu(b + v * kLanes);
@@ -147,26 +159,26 @@ using TileProduct = void (*)(const acc_t*, int64_t, int64_t, const acc_t*, int64
                              int64_t, const TileColumns<kVectors>&, bool);
 
 /// tile_product for 1 .. tile_rows(kVectors) rows, indexed by rows - 1.
-template <typename acc_t, int kVectors, int... kRowsMinusOne>
+template <typename acc_t, int kVectors, int kPanelVectors, int... kRowsMinusOne>
 constexpr std::array<TileProduct<acc_t, kVectors>, sizeof...(kRowsMinusOne)> tile_products(
     std::integer_sequence<int, kRowsMinusOne...>) {
-  return {&tile_product<acc_t, kRowsMinusOne + 1, kVectors>...};
+  return {&tile_product<acc_t, kRowsMinusOne + 1, kVectors, kPanelVectors>...};
 }
 
-template <typename acc_t, int kVectors>
-void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a,
-                      int64_t lda, int64_t a_depth_stride, acc_t* out, int64_t ldo,
-                      bool accumulate) {
+/// The tiles of panel p over its vectors [kFirst, kFirst + kVectors) of kPanelVectors per k.
+template <typename acc_t, int kFirst, int kVectors, int kPanelVectors>
+void panel_pass(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a, int64_t lda,
+                int64_t a_depth_stride, acc_t* out, int64_t ldo, bool accumulate) {
   constexpr int kRows = tile_rows(kVectors);
   static constexpr auto products =
-      tile_products<acc_t, kVectors>(std::make_integer_sequence<int, kRows>());
+      tile_products<acc_t, kVectors, kPanelVectors>(std::make_integer_sequence<int, kRows>());
   TileColumns<kVectors> columns;
   for (int v = 0; v < kVectors; ++v) {
-    const int64_t unit = w.unit_begin(p) + (v % w.vectors) * w.kLanes;
-    columns.offset[v] = (v / w.vectors) * w.units + unit;
+    const int64_t unit = w.unit_begin(p) + ((kFirst + v) % w.vectors) * w.kLanes;
+    columns.offset[v] = ((kFirst + v) / w.vectors) * w.units + unit;
     columns.valid[v] = std::clamp<int64_t>(w.units - unit, 0, w.kLanes);
   }
-  const acc_t* panel = w.panel(p);
+  const acc_t* panel = w.panel(p) + kFirst * w.kLanes;
   // Rows in tiles of sizes as equal as kRows allows: a last tile of a few rows would read the
   // whole panel for a few sums per k (32 rows as four tiles of 5 and two of 6, not five of 6 and
   // one of 2: 3-10 % faster LSTM steps at 32 and 8 rows per thread).
@@ -179,6 +191,20 @@ void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc
   }
 }
 
+/// Every pass of tile_vectors(kPanelVectors) vectors (the last one what remains) over panel p.
+template <typename acc_t, int kPanelVectors, int kFirst = 0>
+void panel_product_of(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t* a,
+                      int64_t lda, int64_t a_depth_stride, acc_t* out, int64_t ldo,
+                      bool accumulate) {
+  constexpr int kVectors = std::min(tile_vectors(kPanelVectors), kPanelVectors - kFirst);
+  panel_pass<acc_t, kFirst, kVectors, kPanelVectors>(w, p, rows, a, lda, a_depth_stride, out, ldo,
+                                                     accumulate);
+  if constexpr (kFirst + kVectors < kPanelVectors) {
+    panel_product_of<acc_t, kPanelVectors, kFirst + kVectors>(w, p, rows, a, lda, a_depth_stride,
+                                                              out, ldo, accumulate);
+  }
+}
+
 /// out [rows, N] (+)= a [rows, K] @ op(W) restricted to the columns of panel p: a(r, k) at
 /// a[r * lda + k * a_depth_stride], out of row stride ldo in op(W)'s column layout (gate g, unit
 /// j at column g * units + j).
@@ -187,6 +213,10 @@ void panel_product(const Panels<acc_t>& w, int64_t p, int64_t rows, const acc_t*
                    int64_t a_depth_stride, acc_t* out, int64_t ldo, bool accumulate) {
   if (w.gates * w.vectors == 3) {
     panel_product_of<acc_t, 3>(w, p, rows, a, lda, a_depth_stride, out, ldo, accumulate);
+  } else if (rows <= tile_rows(4)) {
+    // Rows that one tile of all 4 vectors holds: in passes, its tiles would hold half the
+    // independent chains (B = 1: LSTM T512 H512 45 against 32 ms).
+    panel_pass<acc_t, 0, 4, 4>(w, p, rows, a, lda, a_depth_stride, out, ldo, accumulate);
   } else {
     panel_product_of<acc_t, 4>(w, p, rows, a, lda, a_depth_stride, out, ldo, accumulate);
   }
