@@ -40,24 +40,17 @@ def test_extension_is_built():
     assert REASON is None, REASON
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
 def _intel_cpu() -> bool:
-    return "GenuineIntel" in _cpuinfo()
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def _onednn_takes_float32() -> bool:
     """Whether ATen's oneDNN matmul takes float32 on this CPU: PyTorch carries oneDNN and the CPU
-    supports bfloat16 (AVX-512 BW, VL and DQ, or AVX-NE-CONVERT; ATen's mkldnn_bf16_device_check)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    flags = set(_cpuinfo().split())
-    return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
+    supports bfloat16 (the device check ATen's matmul makes, which torch exposes as an op)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @requires_native
