@@ -59,9 +59,8 @@ class RNNCellBase(_BackendMixin, nn.Module):
         if not torch.jit.is_scripting():
             nn_checks.check_cell_dtypes(input, states[0], self.weight_ih.dtype)
         w = LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
-        xw, b_hn = functional.input_projection(mode, input.unsqueeze(0), w, self._backend)
         c0 = states[1] if mode == "LSTM" else None
-        _, h_n, c_n = functional.recurrence(mode, xw, w, b_hn, states[0], c0, None, self._backend)
+        _, h_n, c_n = functional.run_direction(mode, input.unsqueeze(0), w, states[0], c0, None, False, self._backend)
         dtype = torch_nn_output_dtype(mode, True, h_n, states[0])
         if c_n is None:
             return [h_n.to(dtype)]

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
-from .op_library import call_unrecorded
+from .backends import resolve_backend
+from .op_library import call_unrecorded, recording
 from .packing import Packing, packed_from_padded, padded_from_packed
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -71,18 +72,26 @@ def summed_bias(w: LayerWeights) -> Optional[Tensor]:
     return b_ih + b_hh
 
 
+def projection_biases(mode: str, w: LayerWeights) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The biases outside the recurrence, folded into one for xw [G*H] (None for a layer without
+    biases), and GRU's b_hn [H] (else None)."""
+    b_ih, b_hh = w.b_ih, w.b_hh
+    if b_ih is None or b_hh is None:
+        return None, None
+    if mode != "GRU":
+        return summed_bias(w), None
+    hidden = w.w_hh.size(1)
+    b_ir_iz, b_in = b_ih.split([2 * hidden, hidden])
+    b_hr_hz, b_hn = b_hh.split([2 * hidden, hidden])
+    return torch.cat([b_ir_iz + b_hr_hz, b_in]), b_hn
+
+
 def input_projection(
     mode: str, x: Tensor, w: LayerWeights, backend: str = "reference"
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """xw [T, B, G*H] with every bias outside the recurrence folded in, and GRU's b_hn [H]."""
-    b_ih, b_hh = w.b_ih, w.b_hh
-    if b_ih is None or b_hh is None:
-        return _linear(x, w.w_ih, None, backend), None
-    if mode != "GRU":
-        return _linear(x, w.w_ih, summed_bias(w), backend), None
-    hidden = w.w_hh.size(1)
-    folded = torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]])
-    return _linear(x, w.w_ih, folded, backend), b_hh[2 * hidden :]
+    bias, b_hn = projection_biases(mode, w)
+    return _linear(x, w.w_ih, bias, backend), b_hn
 
 
 def needs_grad(tensors: List[Optional[Tensor]]) -> bool:
@@ -199,6 +208,35 @@ def _projects_in_inference(x: Tensor, w: LayerWeights, h0: Tensor, c0: Optional[
     return False
 
 
+def _unrecorded_native_step(
+    mode: str, x: Tensor, w: LayerWeights, h0: Tensor, c0: Optional[Tensor], backend: str
+) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """run_direction's result for one time step x [1, B, I] of a padded batch (a decoder step, a
+    cell) on the native CPU backend while nothing records (op_library.recording): its C++ ops
+    called directly, the ones the op layer would call with the same arguments, so the same
+    results. It skips the op layer's Python checks, contiguity and backend resolution, which cost
+    more than the math of a small step (the modules have checked the arguments as torch.nn does,
+    and the C++ ops check them again). None where it does not apply."""
+    if recording() or x.shape[0] != 1 or x.device.type != "cpu" or w.w_hr is not None:
+        return None
+    if torch.is_autocast_enabled("cpu") or resolve_backend(backend, x.device) != "native":
+        return None
+    native = torch.ops.fused_rnn
+    if mode == "LSTM":
+        assert c0 is not None
+        operands = ops.contiguous(x, w.w_ih, summed_bias(w), w.w_hh, h0, c0)
+        hs, h_n, c_n = native.native_lstm_input_inference(*operands[:4], None, *operands[4:], None)
+        return hs, h_n, c_n
+    bias, b_hn = projection_biases(mode, w)
+    xw = native.native_linear(x.reshape(-1, x.shape[-1]), w.w_ih, bias).unsqueeze(0)
+    w_hh, b_hn, h0 = ops.contiguous(w.w_hh, b_hn, h0)
+    if mode == "GRU":
+        hs, h_n = native.native_gru_inference(xw, w_hh, b_hn, h0, None)
+    else:
+        hs, h_n = native.native_rnn_forward(xw, w_hh, h0, None, mode == "RNN_RELU")
+    return hs, h_n, None
+
+
 def run_direction(
     mode: str,
     x: Tensor,
@@ -217,7 +255,13 @@ def run_direction(
         batch_sizes = packing.batch_sizes
     if reverse:
         x = reverse_in_time(x, lengths, packing)
-    if mode == "LSTM" and _projects_in_inference(x, w, h0, c0):
+    step: Optional[Tuple[Tensor, Tensor, Optional[Tensor]]] = None
+    if not torch.jit.is_scripting():
+        if batch_sizes is None and lengths is None:
+            step = _unrecorded_native_step(mode, x, w, h0, c0, backend)
+    if step is not None:
+        out, h_n, c_n = step
+    elif mode == "LSTM" and _projects_in_inference(x, w, h0, c0):
         assert c0 is not None
         if batch_sizes is None:
             out, h_n, c_n = torch.ops.fused_rnn.lstm_input_inference(

@@ -62,6 +62,19 @@ def define_op(qualname: str) -> Callable[[Callable], torch._ops.OpOverload]:
     return define
 
 
+def recording() -> bool:
+    """Whether something records op calls now: grad mode, compilation, tracing, a dispatch mode, a
+    functorch transform or the profiler."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
+        or torch.autograd._profiler_enabled()
+    )
+
+
 def call_unrecorded(op: torch._ops.OpOverload, *args):
     """op(*args); while nothing records (grad mode off, as in a backward pass that builds no
     graph or a decoder step under no_grad, and no compilation, tracing, functorch transform or
@@ -69,13 +82,6 @@ def call_unrecorded(op: torch._ops.OpOverload, *args):
     autograd wrapper of a Python op (tens of microseconds a call: most of a small layer's
     backward). Traced and compiled calls keep the op, whose fake function runs on fake tensors;
     profiled ones its range in the profile."""
-    if (
-        torch.compiler.is_compiling()
-        or torch.is_grad_enabled()
-        or torch.jit.is_tracing()
-        or torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._are_functorch_transforms_active()
-        or torch.autograd._profiler_enabled()
-    ):
+    if recording():
         return op(*args)
     return _implementations[op._name](*args)

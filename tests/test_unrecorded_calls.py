@@ -1,7 +1,7 @@
-"""A cell step that nothing records (no_grad, no profiler, no trace) calls the Python
-implementations of its ops directly (op_library.call_unrecorded), skipping the dispatcher's
-wrapper of a Python op; a step that autograd or the profiler records goes through the ops, with
-the same results."""
+"""A single step of the native CPU backend that nothing records (no_grad, no profiler, no trace),
+of a cell or of a module called one step at a time, runs the native C++ ops directly
+(functional._unrecorded_native_step), skipping the op layer; a step that autograd or the profiler
+records goes through the ops, with the same results, bit for bit."""
 
 from __future__ import annotations
 
@@ -9,25 +9,26 @@ import pytest
 import torch
 
 import fused_rnn
-from fused_rnn import native, op_library
+from fused_rnn import functional, native, op_library
 
 REASON = native.unavailable_reason(torch.device("cpu"))
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
 
-# cell class, the recurrence op its no-grad step runs
+# cell class, the ops a no-grad step runs through the op layer
 CELLS = {
-    "lstm": (fused_rnn.LSTMCell, "fused_rnn::lstm_inference"),
-    "gru": (fused_rnn.GRUCell, "fused_rnn::gru_inference"),
-    "rnn": (fused_rnn.RNNCell, "fused_rnn::rnn_forward"),
+    "lstm": (fused_rnn.LSTMCell, {"fused_rnn::lstm_input_inference"}),
+    "gru": (fused_rnn.GRUCell, {"fused_rnn::linear", "fused_rnn::gru_inference"}),
+    "rnn": (fused_rnn.RNNCell, {"fused_rnn::linear", "fused_rnn::rnn_forward"}),
 }
+MODULES = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU, "rnn": fused_rnn.RNN}
+PROFILE = {"activities": [torch.profiler.ProfilerActivity.CPU]}
 
 
-def _counted_direct_calls(monkeypatch, names):
+def _counted_implementation_calls(monkeypatch):
     """Replace each op's entry in call_unrecorded's table by a counting wrapper -> the counts;
     calls through the dispatcher run the registered implementation and are not counted."""
-    counts = dict.fromkeys(names, 0)
-    for name in names:
-        function = op_library._implementations[name]
+    counts = dict.fromkeys(op_library._implementations, 0)
+    for name, function in list(op_library._implementations.items()):
 
         def counted(*args, _name=name, _function=function):
             counts[_name] += 1
@@ -37,40 +38,113 @@ def _counted_direct_calls(monkeypatch, names):
     return counts
 
 
+def _native_steps(monkeypatch):
+    """Wrap functional._unrecorded_native_step -> the list of whether each call ran the step."""
+    ran = []
+    step = functional._unrecorded_native_step
+
+    def recorded(*args):
+        result = step(*args)
+        ran.append(result is not None)
+        return result
+
+    monkeypatch.setattr(functional, "_unrecorded_native_step", recorded)
+    return ran
+
+
 def _cell_and_inputs(kind):
-    cell_class, op = CELLS[kind]
+    cell_class, ops = CELLS[kind]
     torch.manual_seed(0)
     cell = cell_class(7, 11, backend="native")
-    return cell, op, torch.randn(5, 7), torch.randn(5, 11)
+    h = torch.randn(5, 11)
+    state = (h, torch.randn(5, 11)) if kind == "lstm" else h
+    return cell, ops, torch.randn(5, 7), state
 
 
-def _states(output):
-    return output if isinstance(output, tuple) else (output,)
+def _tensors(output):
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for part in output for t in _tensors(part)]
+
+
+def _assert_identical(got, want):
+    for a, b in zip(_tensors(got), _tensors(want), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
-def test_a_no_grad_step_calls_the_implementations_directly(monkeypatch, kind):
-    cell, op, x, h = _cell_and_inputs(kind)
-    state = (h, torch.randn(5, 11)) if kind == "lstm" else h
-    counts = _counted_direct_calls(monkeypatch, ["fused_rnn::linear", op])
+def test_a_no_grad_cell_step_runs_the_native_ops_directly(monkeypatch, kind):
+    cell, ops, x, state = _cell_and_inputs(kind)
+    counts = _counted_implementation_calls(monkeypatch)
+    ran = _native_steps(monkeypatch)
     with torch.no_grad():
         direct = cell(x, state)
-    assert counts == {"fused_rnn::linear": 1, op: 1}
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
-        through_the_ops = cell(x, state)  # the profiler keeps the ops
-    assert counts == {"fused_rnn::linear": 1, op: 1}
-    for got, want in zip(_states(direct), _states(through_the_ops), strict=True):
-        assert torch.equal(got, want)
+    assert ran == [True] and set(counts.values()) == {0}, counts
+    with torch.no_grad(), torch.profiler.profile(**PROFILE) as prof:
+        through_the_ops = cell(x, state)
+    assert ran == [True, False]
+    assert ops <= {event.name for event in prof.events()}
+    _assert_identical(direct, through_the_ops)
+
+
+@pytest.mark.parametrize("kind", sorted(MODULES))
+def test_a_no_grad_module_step_runs_the_native_ops_directly(monkeypatch, kind):
+    torch.manual_seed(1)
+    module = MODULES[kind](6, 9, num_layers=2, batch_first=True, backend="native")
+    sequence = torch.randn(4, 3, 6)
+    x = sequence[:, 1:2]  # one step of a batch-first sequence: not contiguous
+    state = torch.randn(2, 4, 9)
+    state = (state, torch.randn(2, 4, 9)) if kind == "lstm" else state
+    ran = _native_steps(monkeypatch)
+    with torch.no_grad():
+        direct = module(x, state)
+        assert ran == [True, True]
+        with torch.profiler.profile(**PROFILE):
+            through_the_ops = module(x, state)
+    assert ran == [True, True, False, False]
+    _assert_identical(direct, through_the_ops)
+    reference = getattr(torch.nn, type(module).__name__)(6, 9, num_layers=2, batch_first=True)
+    reference.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        for got, want in zip(_tensors(direct), _tensors(reference(x, state)), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["several steps", "lengths", "reference backend", "proj_size", "grad", "profiler", "autocast"],
+)
+def test_the_native_step_runs_only_where_it_matches_the_op_layer(monkeypatch, case):
+    torch.manual_seed(2)
+    steps = 3 if case in ("several steps", "lengths") else 1
+    backend = "reference" if case == "reference backend" else "native"
+    proj_size = 4 if case == "proj_size" else 0
+    module = fused_rnn.LSTM(6, 9, proj_size=proj_size, backend=backend)
+    x = torch.randn(steps, 5, 6)
+    if case == "lengths":
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([3, 3, 2, 2, 1]))
+    ran = _native_steps(monkeypatch)
+    if case == "grad":
+        module(x)
+    elif case == "profiler":
+        with torch.no_grad(), torch.profiler.profile(**PROFILE):
+            module(x)
+    elif case == "autocast":
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            module(x)
+    else:
+        with torch.no_grad():
+            module(x)
+    assert not any(ran), ran
 
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
 def test_a_recorded_step_goes_through_the_ops(monkeypatch, kind):
-    cell, op, x, h = _cell_and_inputs(kind)
-    state = (h, torch.randn(5, 11)) if kind == "lstm" else h
-    counts = _counted_direct_calls(monkeypatch, ["fused_rnn::linear", op])
-    assert _states(cell(x, state))[0].grad_fn is not None
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    cell, ops, x, state = _cell_and_inputs(kind)
+    counts = _counted_implementation_calls(monkeypatch)
+    assert _tensors(cell(x, state))[0].grad_fn is not None
+    with torch.no_grad(), torch.profiler.profile(**PROFILE) as prof:
         cell(x, state)
     assert set(counts.values()) == {0}, counts
-    names = {event.name for event in prof.events()}
-    assert {"fused_rnn::linear", op} <= names, names
+    assert ops <= {event.name for event in prof.events()}
