@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
 from .backends import resolve_backend
-from .op_library import call_unrecorded, recording
+from .op_library import call_eagerly, recording
 from .packing import Packing, packed_from_padded, padded_from_packed
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -135,27 +135,33 @@ def recurrence(
     differentiable = torch.jit.is_tracing() or needs_grad([xw, w_hh, w_hr, b_hn, h0, c0])
     if batch_sizes is not None:
         return _packed_recurrence(mode, xw, w_hh, w_hr, b_hn, h0, c0, batch_sizes, differentiable, backend)
-    # Unrecorded, the inference ops skip the dispatcher's wrapper (op_library.call_unrecorded):
-    # most of the cost of a small single-step call beside its two GEMMs.
+    # Eager calls skip the dispatcher's wrapper of the Python ops (op_library.call_eagerly): most
+    # of the cost of a small single-step call beside its two GEMMs.
     if mode == "LSTM":
         assert c0 is not None
         if not differentiable:
             if not torch.jit.is_scripting():
-                return call_unrecorded(ops.lstm_inference, xw, w_hh, w_hr, h0, c0, lengths, backend)
+                return call_eagerly(ops.lstm_inference, xw, w_hh, w_hr, h0, c0, lengths, backend)
             return torch.ops.fused_rnn.lstm_inference(xw, w_hh, w_hr, h0, c0, lengths, backend)
-        hs, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, backend)
+        if not torch.jit.is_scripting():
+            hs, h_n, c_n, _, _ = call_eagerly(ops.lstm_forward, xw, w_hh, w_hr, h0, c0, lengths, backend)
+        else:
+            hs, h_n, c_n, _, _ = torch.ops.fused_rnn.lstm_forward(xw, w_hh, w_hr, h0, c0, lengths, backend)
         return hs, h_n, c_n
     if mode == "GRU":
         if not differentiable:
             if not torch.jit.is_scripting():
-                hs, h_n = call_unrecorded(ops.gru_inference, xw, w_hh, b_hn, h0, lengths, backend)
+                hs, h_n = call_eagerly(ops.gru_inference, xw, w_hh, b_hn, h0, lengths, backend)
             else:
                 hs, h_n = torch.ops.fused_rnn.gru_inference(xw, w_hh, b_hn, h0, lengths, backend)
             return hs, h_n, None
-        hs, h_n, _ = torch.ops.fused_rnn.gru_forward(xw, w_hh, b_hn, h0, lengths, backend)
+        if not torch.jit.is_scripting():
+            hs, h_n, _ = call_eagerly(ops.gru_forward, xw, w_hh, b_hn, h0, lengths, backend)
+        else:
+            hs, h_n, _ = torch.ops.fused_rnn.gru_forward(xw, w_hh, b_hn, h0, lengths, backend)
         return hs, h_n, None
-    if not differentiable and not torch.jit.is_scripting():
-        hs, h_n = call_unrecorded(ops.rnn_forward, xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
+    if not torch.jit.is_scripting():
+        hs, h_n = call_eagerly(ops.rnn_forward, xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
     else:
         hs, h_n = torch.ops.fused_rnn.rnn_forward(xw, w_hh, h0, lengths, mode == "RNN_RELU", backend)
     return hs, h_n, None

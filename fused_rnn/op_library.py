@@ -62,12 +62,34 @@ def define_op(qualname: str) -> Callable[[Callable], torch._ops.OpOverload]:
     return define
 
 
-def recording() -> bool:
-    """Whether something records op calls now: grad mode, compilation, tracing, a dispatch mode, a
-    functorch transform or the profiler."""
+def register_autograd(op: torch._ops.OpOverload, backward: Callable, *, setup_context: Callable) -> None:
+    """torch.library.register_autograd(op, backward, setup_context=setup_context), and the same
+    formula as an autograd.Function over the op's implementation, which call_eagerly applies."""
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+    implementation = _implementations[op._name]
+
+    # forward takes ctx (no separate setup_context): Function.apply then binds no default
+    # arguments through inspect.signature, which costs more than a small op.
+    def forward(ctx, *args):
+        output = implementation(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    _eager_functions[op._name] = type(
+        f"EagerBackwardFor_{op._name.replace('::', '_')}",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+
+
+_eager_functions: dict[str, type[torch.autograd.Function]] = {}
+
+
+def needs_dispatcher() -> bool:
+    """Whether op calls must go through the dispatcher now: under compilation, tracing, a dispatch
+    mode, a functorch transform or the profiler."""
     return (
         torch.compiler.is_compiling()
-        or torch.is_grad_enabled()
         or torch.jit.is_tracing()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._are_functorch_transforms_active()
@@ -75,13 +97,22 @@ def recording() -> bool:
     )
 
 
-def call_unrecorded(op: torch._ops.OpOverload, *args):
-    """op(*args); while nothing records (grad mode off, as in a backward pass that builds no
-    graph or a decoder step under no_grad, and no compilation, tracing, functorch transform or
-    profiler) the op's Python implementation called directly, which skips the dispatcher's
-    autograd wrapper of a Python op (tens of microseconds a call: most of a small layer's
-    backward). Traced and compiled calls keep the op, whose fake function runs on fake tensors;
-    profiled ones its range in the profile."""
-    if recording():
+def recording() -> bool:
+    """Whether something records op calls now: grad mode or what needs_dispatcher names."""
+    return torch.is_grad_enabled() or needs_dispatcher()
+
+
+def call_eagerly(op: torch._ops.OpOverload, *args):
+    """op(*args) without the dispatcher's wrapper of a Python op (tens of microseconds a call,
+    forward and backward: most of a small step's cost), where needs_dispatcher allows: the op's
+    Python implementation called directly, or, where autograd records the call (grad mode and an
+    argument that requires grad), applied through its formula's autograd.Function
+    (register_autograd), the same formula the op runs. All of op's arguments are passed. Traced and
+    compiled calls keep the op, whose fake function runs on fake tensors; profiled ones its range
+    in the profile."""
+    if needs_dispatcher():
         return op(*args)
+    if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+        function = _eager_functions.get(op._name)
+        return op(*args) if function is None else function.apply(*args)
     return _implementations[op._name](*args)

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from . import reference
 from .backends import constant_when_traced, get_backend
-from .op_library import call_unrecorded, define_op
+from .op_library import call_eagerly, define_op, register_autograd
 
 # ----------------------------------------------------------------------------------------------
 # Validation shared by the real and the fake implementations.
@@ -419,15 +419,15 @@ def _linear_setup_context(ctx, inputs, output):
 
 def _linear_grad(ctx, grad):
     x, w = ctx.saved_tensors
-    dx = call_unrecorded(linear, grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
-    dw = call_unrecorded(linear, grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
+    dx = call_eagerly(linear, grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
+    dw = call_eagerly(linear, grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
     db = None
     if ctx.needs_input_grad[2]:
         db = grad.sum(0) if ctx.bias_is_vector else grad
     return dx, dw, db, None
 
 
-torch.library.register_autograd(linear, _linear_grad, setup_context=_linear_setup_context)
+register_autograd(linear, _linear_grad, setup_context=_linear_setup_context)
 
 
 @constant_when_traced
@@ -443,7 +443,7 @@ def project(x: Tensor, w: Tensor, b: Optional[Tensor], backend: str) -> Tensor:
     casts F.linear) F.linear."""
     if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not has_own_cpu_gemm(backend):
         return F.linear(x, w, b)
-    return call_unrecorded(linear, x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
+    return call_eagerly(linear, x.reshape(-1, x.shape[-1]), w, b, backend).view(*x.shape[:-1], w.shape[0])
 
 
 # Up to this size of hs, recurrent_weight_grad copies the previous states into one operand: one
@@ -467,7 +467,7 @@ def recurrent_weight_grad(blocks: list[Tensor], h0: Tensor, hs: Tensor, backend:
     if hs.shape[0] > 1 and hs.numel() * hs.element_size() <= _ONE_GEMM_HIDDEN_BYTES:  # symbolic sizes have no nbytes
         previous = torch.cat([h0.unsqueeze(0), hs[:-1]]).reshape(-1, hs.shape[2]).t()
         grads = [
-            call_unrecorded(linear, d_gates.reshape(-1, d_gates.shape[2]).t(), previous, None, backend)
+            call_eagerly(linear, d_gates.reshape(-1, d_gates.shape[2]).t(), previous, None, backend)
             for d_gates in blocks
         ]
     else:
@@ -488,12 +488,12 @@ def joined_when_cheaper(blocks: list[Tensor], width: int) -> list[Tensor]:
 
 
 def _weight_grad_over_views(d_gates: Tensor, h0: Tensor, hs: Tensor, backend: str) -> Tensor:
-    first = call_unrecorded(linear, d_gates[0].t(), h0.t(), None, backend)
+    first = call_eagerly(linear, d_gates[0].t(), h0.t(), None, backend)
     if d_gates.shape[0] == 1:
         return first
     rest_gates = d_gates[1:].reshape(-1, d_gates.shape[2])
     rest_hidden = hs[:-1].reshape(-1, hs.shape[2])
-    return call_unrecorded(linear, rest_gates.t(), rest_hidden.t(), first, backend)
+    return call_eagerly(linear, rest_gates.t(), rest_hidden.t(), first, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,14 +534,14 @@ def rnn_grad_through(backward_op, weight_grad: Callable) -> Callable:
     def grad(ctx, grad_hs, grad_h_n):
         xw, w_hh, h0, lengths, hs = ctx.saved_tensors
         grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-        dxw, dh0 = call_unrecorded(backward_op, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
+        dxw, dh0 = call_eagerly(backward_op, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
         dw_hh = weight_grad([dxw], h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
         return dxw, dw_hh, dh0, None, None, None
 
     return grad
 
 
-torch.library.register_autograd(
+register_autograd(
     rnn_forward, rnn_grad_through(rnn_backward, padded_weight_grad), setup_context=rnn_setup_context
 )
 
@@ -559,7 +559,7 @@ def lstm_grad_through(backward_op, weight_grad: Callable) -> Callable:
     def grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
         xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
         grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
-        dxw, dh0, dc0, dw_hr = call_unrecorded(
+        dxw, dh0, dc0, dw_hr = call_eagerly(
             backward_op, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
         )
         dw_hh = weight_grad([dxw], h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
@@ -568,7 +568,7 @@ def lstm_grad_through(backward_op, weight_grad: Callable) -> Callable:
     return grad
 
 
-torch.library.register_autograd(
+register_autograd(
     lstm_forward, lstm_grad_through(lstm_backward, padded_weight_grad), setup_context=lstm_setup_context
 )
 
@@ -586,7 +586,7 @@ def gru_grad_through(backward_op, weight_grad: Callable) -> Callable:
     def grad(ctx, grad_hs, grad_h_n, _grad_gates):
         xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
         grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-        dxw, d_hn, dh0 = call_unrecorded(
+        dxw, d_hn, dh0 = call_eagerly(
             backward_op, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
         )
         hidden = h0.shape[1]
@@ -600,7 +600,7 @@ def gru_grad_through(backward_op, weight_grad: Callable) -> Callable:
     return grad
 
 
-torch.library.register_autograd(
+register_autograd(
     gru_forward, gru_grad_through(gru_backward, padded_weight_grad), setup_context=gru_setup_context
 )
 
@@ -666,7 +666,7 @@ def rnn_backward_grad_in(call: Callable) -> Callable:
     return grad
 
 
-torch.library.register_autograd(
+register_autograd(
     rnn_backward, rnn_backward_grad_in(call_padded), setup_context=rnn_backward_setup_context
 )
 
@@ -698,7 +698,7 @@ def lstm_backward_grad_in(call: Callable) -> Callable:
     return grad
 
 
-torch.library.register_autograd(
+register_autograd(
     lstm_backward, lstm_backward_grad_in(call_padded), setup_context=lstm_backward_setup_context
 )
 
@@ -728,6 +728,6 @@ def gru_backward_grad_in(call: Callable) -> Callable:
     return grad
 
 
-torch.library.register_autograd(
+register_autograd(
     gru_backward, gru_backward_grad_in(call_padded), setup_context=gru_backward_setup_context
 )

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import ops, reference
 from .backends import constant_when_traced, get_backend
-from .op_library import call_unrecorded, define_op
+from .op_library import call_eagerly, define_op, register_autograd
 from .packing import packed_from_padded, packing_of, padded_from_packed, previous_rows
 
 # Per function of a backend (fused_rnn.reference's signatures): the positions of its per-step
@@ -366,32 +366,32 @@ def packed_weight_grad(
     previous = hs.index_select(0, previous_rows(batch_sizes, batch, rows).to(hs.device))
     grads = []
     for d_gates in ops.joined_when_cheaper(blocks, hs.shape[1]):
-        first = call_unrecorded(ops.linear, d_gates[:batch].t(), h0.t(), None, backend)
-        grads.append(call_unrecorded(ops.linear, d_gates[batch:].t(), previous.t(), first, backend))
+        first = call_eagerly(ops.linear, d_gates[:batch].t(), h0.t(), None, backend)
+        grads.append(call_eagerly(ops.linear, d_gates[batch:].t(), previous.t(), first, backend))
     return grads[0] if len(grads) == 1 else torch.cat(grads)
 
 
-torch.library.register_autograd(
+register_autograd(
     rnn_packed_forward,
     ops.rnn_grad_through(rnn_packed_backward, packed_weight_grad),
     setup_context=ops.rnn_setup_context,
 )
-torch.library.register_autograd(
+register_autograd(
     lstm_packed_forward,
     ops.lstm_grad_through(lstm_packed_backward, packed_weight_grad),
     setup_context=ops.lstm_setup_context,
 )
-torch.library.register_autograd(
+register_autograd(
     gru_packed_forward,
     ops.gru_grad_through(gru_packed_backward, packed_weight_grad),
     setup_context=ops.gru_setup_context,
 )
-torch.library.register_autograd(
+register_autograd(
     rnn_packed_backward, ops.rnn_backward_grad_in(padded_call), setup_context=ops.rnn_backward_setup_context
 )
-torch.library.register_autograd(
+register_autograd(
     lstm_packed_backward, ops.lstm_backward_grad_in(padded_call), setup_context=ops.lstm_backward_setup_context
 )
-torch.library.register_autograd(
+register_autograd(
     gru_packed_backward, ops.gru_backward_grad_in(padded_call), setup_context=ops.gru_backward_setup_context
 )

@@ -1,7 +1,9 @@
-"""A single step of the native CPU backend that nothing records (no_grad, no profiler, no trace),
-of a cell or of a module called one step at a time, runs the native C++ ops directly
-(functional._unrecorded_native_step), skipping the op layer; a step that autograd or the profiler
-records goes through the ops, with the same results, bit for bit."""
+"""Eager calls skip the dispatcher's wrapper of the Python ops. A single step of the native CPU
+backend that nothing records (no_grad, no profiler, no trace), of a cell or of a module called one
+step at a time, runs the native C++ ops directly (functional._unrecorded_native_step), skipping
+the op layer; a step that autograd records applies the ops' autograd formulas as
+autograd.Functions (op_library.call_eagerly). Under the profiler every step goes through the ops,
+with the same results and gradients, bit for bit."""
 
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ CELLS = {
     "gru": (fused_rnn.GRUCell, {"fused_rnn::linear", "fused_rnn::gru_inference"}),
     "rnn": (fused_rnn.RNNCell, {"fused_rnn::linear", "fused_rnn::rnn_forward"}),
 }
+FORWARD_OPS = {"lstm": "lstm_forward", "gru": "gru_forward", "rnn": "rnn_forward"}
 MODULES = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU, "rnn": fused_rnn.RNN}
 PROFILE = {"activities": [torch.profiler.ProfilerActivity.CPU]}
 
 
 def _counted_implementation_calls(monkeypatch):
-    """Replace each op's entry in call_unrecorded's table by a counting wrapper -> the counts;
+    """Replace each op's entry in call_eagerly's table by a counting wrapper -> the counts;
     calls through the dispatcher run the registered implementation and are not counted."""
     counts = dict.fromkeys(op_library._implementations, 0)
     for name, function in list(op_library._implementations.items()):
@@ -140,11 +143,39 @@ def test_the_native_step_runs_only_where_it_matches_the_op_layer(monkeypatch, ca
 
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
-def test_a_recorded_step_goes_through_the_ops(monkeypatch, kind):
+def test_a_profiled_step_goes_through_the_ops(monkeypatch, kind):
     cell, ops, x, state = _cell_and_inputs(kind)
     counts = _counted_implementation_calls(monkeypatch)
-    assert _tensors(cell(x, state))[0].grad_fn is not None
-    with torch.no_grad(), torch.profiler.profile(**PROFILE) as prof:
-        cell(x, state)
-    assert set(counts.values()) == {0}, counts
-    assert ops <= {event.name for event in prof.events()}
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), torch.profiler.profile(**PROFILE) as prof:
+            cell(x, state)
+        assert set(counts.values()) == {0}, counts
+        expected = {"fused_rnn::linear", f"fused_rnn::{FORWARD_OPS[kind]}"} if grad else ops
+        assert expected <= {event.name for event in prof.events()}
+
+
+def _first_and_second_order_grads(cell, x, state):
+    """The gradients of a loss of one step with respect to x, the states and every parameter,
+    then those of the sum of the first-order ones (double backward)."""
+    inputs = [x, *_tensors(state), *cell.parameters()]
+    loss = sum((t * t.cos()).sum() for t in _tensors(cell(x, state)))
+    first = torch.autograd.grad(loss, inputs, create_graph=True)
+    second = torch.autograd.grad(sum(g.sum() for g in first), inputs, allow_unused=True)
+    return [*first, *(g for g in second if g is not None)]
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_a_recorded_step_applies_the_formulas_of_the_ops(kind):
+    cell, _, x, state = _cell_and_inputs(kind)
+    x.requires_grad_()
+    state = tuple(t.requires_grad_() for t in _tensors(state))
+    state = state if kind == "lstm" else state[0]
+    output = _tensors(cell(x, state))[0]
+    assert type(output.grad_fn).__name__ == f"EagerBackwardFor_fused_rnn_{FORWARD_OPS[kind]}Backward"
+    eager = _first_and_second_order_grads(cell, x, state)
+    with torch.profiler.profile(**PROFILE):
+        output = _tensors(cell(x, state))[0]
+        assert type(output.grad_fn).__name__.startswith("GeneratedBackwardFor_fused_rnn_")
+        through_the_ops = _first_and_second_order_grads(cell, x, state)
+    assert len(eager) > 3 + len(list(cell.parameters()))
+    _assert_identical(eager, through_the_ops)
