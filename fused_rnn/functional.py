@@ -9,6 +9,8 @@ batch_first, unbatched input and PackedSequence around them. Per layer and direc
 The functions are written once for eager mode, torch.compile and TorchScript: they call the ops as
 `torch.ops.fused_rnn.*` (callable from TorchScript), take typed arguments, and never branch in
 Python on tensor values (sequence lengths stay tensors), so Dynamo traces them without a break.
+Eager calls go around the dispatcher (op_library.call_eagerly, and for a single native step
+without a graph _unrecorded_native_step) to the same implementations and formulas.
 """
 
 from typing import List, NamedTuple, Optional, Tuple

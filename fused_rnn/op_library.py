@@ -10,7 +10,9 @@ only once torch._dynamo has been imported: before that no frame can be traced, s
 to disable.
 
 The result is the op's OpOverload (`torch.ops.<namespace>.<name>.default`): call it like the
-function, pass it to torch.library.opcheck, trace it with torch.compile.
+function, pass it to torch.library.opcheck, trace it with torch.compile. `register_autograd` registers
+the op's autograd formula with torch.library and keeps it as an autograd.Function too, which
+`call_eagerly` applies in eager mode instead of the dispatcher's Python autograd wrapper.
 """
 
 from __future__ import annotations
