@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
-from .backends import resolve_backend
+from .backends import get_backend, resolve_backend
 from .op_library import call_eagerly, recording
 from .packing import Packing, packed_from_padded, padded_from_packed
 
@@ -220,28 +220,27 @@ def _unrecorded_native_step(
     mode: str, x: Tensor, w: LayerWeights, h0: Tensor, c0: Optional[Tensor], backend: str
 ) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor]]]:
     """run_direction's result for one time step x [1, B, I] of a padded batch (a decoder step, a
-    cell) on the native CPU backend while nothing records (op_library.recording): its C++ ops
-    called directly, the ones the op layer would call with the same arguments, so the same
-    results. It skips the op layer's Python checks, contiguity and backend resolution, which cost
+    cell) on the native CPU backend while nothing records (op_library.recording): the backend's
+    functions called as the op layer calls them (ops.run_inference, ops.project), so the same
+    results. It skips the op layer's dispatch, Python checks and backend resolutions, which cost
     more than the math of a small step (the modules have checked the arguments as torch.nn does,
     and the C++ ops check them again). None where it does not apply."""
     if recording() or x.shape[0] != 1 or x.device.type != "cpu" or w.w_hr is not None:
         return None
     if torch.is_autocast_enabled("cpu") or resolve_backend(backend, x.device) != "native":
         return None
-    native = torch.ops.fused_rnn
+    native = get_backend("native")
     if mode == "LSTM":
         assert c0 is not None
-        operands = ops.contiguous(x, w.w_ih, summed_bias(w), w.w_hh, h0, c0)
-        hs, h_n, c_n = native.native_lstm_input_inference(*operands[:4], None, *operands[4:], None)
+        operands = ops.contiguous(x, w.w_ih, summed_bias(w), w.w_hh, None, h0, c0, None)
+        hs, h_n, c_n = native.lstm_input_inference(*operands)
         return hs, h_n, c_n
     bias, b_hn = projection_biases(mode, w)
-    xw = native.native_linear(x.reshape(-1, x.shape[-1]), w.w_ih, bias).unsqueeze(0)
-    w_hh, b_hn, h0 = ops.contiguous(w.w_hh, b_hn, h0)
+    xw = native.linear(x.reshape(-1, x.shape[-1]), w.w_ih, bias).unsqueeze(0)
     if mode == "GRU":
-        hs, h_n = native.native_gru_inference(xw, w_hh, b_hn, h0, None)
+        hs, h_n = native.gru_inference(*ops.contiguous(xw, w.w_hh, b_hn, h0, None))
     else:
-        hs, h_n = native.native_rnn_forward(xw, w_hh, h0, None, mode == "RNN_RELU")
+        hs, h_n = native.rnn_forward(*ops.contiguous(xw, w.w_hh, h0, None), mode == "RNN_RELU")
     return hs, h_n, None
 
 

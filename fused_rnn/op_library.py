@@ -25,6 +25,8 @@ import torch
 
 _libraries: dict[str, torch.library.Library] = {}
 _implementations: dict[str, Callable] = {}
+# The autograd formula of each op as an autograd.Function (register_autograd), which call_eagerly applies.
+_eager_functions: dict[str, type[torch.autograd.Function]] = {}
 
 
 def _library(namespace: str) -> torch.library.Library:
@@ -82,9 +84,6 @@ def register_autograd(op: torch._ops.OpOverload, backward: Callable, *, setup_co
         (torch.autograd.Function,),
         {"forward": staticmethod(forward), "backward": staticmethod(backward)},
     )
-
-
-_eager_functions: dict[str, type[torch.autograd.Function]] = {}
 
 
 def needs_dispatcher() -> bool:
