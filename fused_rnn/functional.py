@@ -9,8 +9,8 @@ batch_first, unbatched input and PackedSequence around them. Per layer and direc
 The functions are written once for eager mode, torch.compile and TorchScript: they call the ops as
 `torch.ops.fused_rnn.*` (callable from TorchScript), take typed arguments, and never branch in
 Python on tensor values (sequence lengths stay tensors), so Dynamo traces them without a break.
-Eager calls go around the dispatcher (op_library.call_eagerly, and for a single native step
-without a graph _unrecorded_native_step) to the same implementations and formulas.
+Eager calls go around the dispatcher (op_library.call_eagerly, and for a single step of the native
+CPU backend fused_rnn.native_step) to the same implementations and formulas.
 """
 
 from typing import List, NamedTuple, Optional, Tuple
@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
-from .backends import get_backend, resolve_backend
-from .op_library import call_eagerly, recording
+from . import native_step, ops, packed_ops  # noqa: F401  (registers torch.ops.fused_rnn.*)
+from .op_library import call_eagerly
 from .packing import Packing, packed_from_padded, padded_from_packed
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -86,6 +85,19 @@ def projection_biases(mode: str, w: LayerWeights) -> Tuple[Optional[Tensor], Opt
     b_ir_iz, b_in = b_ih.split([2 * hidden, hidden])
     b_hr_hz, b_hn = b_hh.split([2 * hidden, hidden])
     return torch.cat([b_ir_iz + b_hr_hz, b_in]), b_hn
+
+
+def projection_bias_grads(
+    mode: str, d_bias: Tensor, d_hn: Optional[Tensor]
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The gradients of b_ih and b_hh [G*H] from those of projection_biases' results: d_bias [G*H]
+    of the folded bias, GRU's d_hn [H] of b_hn (None: b_hh's gradient is not wanted)."""
+    if mode != "GRU":
+        return d_bias, d_bias
+    if d_hn is None:
+        return d_bias, None
+    hidden = d_hn.shape[0]
+    return d_bias, torch.cat([d_bias[: 2 * hidden], d_hn])
 
 
 def input_projection(
@@ -216,34 +228,6 @@ def _projects_in_inference(x: Tensor, w: LayerWeights, h0: Tensor, c0: Optional[
     return False
 
 
-def _unrecorded_native_step(
-    mode: str, x: Tensor, w: LayerWeights, h0: Tensor, c0: Optional[Tensor], backend: str
-) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor]]]:
-    """run_direction's result for one time step x [1, B, I] of a padded batch (a decoder step, a
-    cell) on the native CPU backend while nothing records (op_library.recording): the backend's
-    functions called as the op layer calls them (ops.run_inference, ops.project), so the same
-    results. It skips the op layer's dispatch, Python checks and backend resolutions, which cost
-    more than the math of a small step (the modules have checked the arguments as torch.nn does,
-    and the C++ ops check them again). None where it does not apply."""
-    if recording() or x.shape[0] != 1 or x.device.type != "cpu" or w.w_hr is not None:
-        return None
-    if torch.is_autocast_enabled("cpu") or resolve_backend(backend, x.device) != "native":
-        return None
-    native = get_backend("native")
-    if mode == "LSTM":
-        assert c0 is not None
-        operands = ops.contiguous(x, w.w_ih, summed_bias(w), w.w_hh, None, h0, c0, None)
-        hs, h_n, c_n = native.lstm_input_inference(*operands)
-        return hs, h_n, c_n
-    bias, b_hn = projection_biases(mode, w)
-    xw = native.linear(x.reshape(-1, x.shape[-1]), w.w_ih, bias).unsqueeze(0)
-    if mode == "GRU":
-        hs, h_n = native.gru_inference(*ops.contiguous(xw, w.w_hh, b_hn, h0, None))
-    else:
-        hs, h_n = native.rnn_forward(*ops.contiguous(xw, w.w_hh, h0, None), mode == "RNN_RELU")
-    return hs, h_n, None
-
-
 def run_direction(
     mode: str,
     x: Tensor,
@@ -265,7 +249,7 @@ def run_direction(
     step: Optional[Tuple[Tensor, Tensor, Optional[Tensor]]] = None
     if not torch.jit.is_scripting():
         if batch_sizes is None and lengths is None:
-            step = _unrecorded_native_step(mode, x, w, h0, c0, backend)
+            step = native_step.run(mode, x, w, h0, c0, backend)
     if step is not None:
         out, h_n, c_n = step
     elif mode == "LSTM" and _projects_in_inference(x, w, h0, c0):

@@ -417,10 +417,19 @@ def _linear_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
+def linear_grads(
+    grad: Tensor, x: Tensor, w: Tensor, needs_dx: bool, needs_dw: bool, backend: str
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of x [M, K] @ w [N, K]^T for grad [M, N] -> dx [M, K], dw [N, K] (None where
+    not needed), through the `linear` op."""
+    dx = call_eagerly(linear, grad, w.t(), None, backend) if needs_dx else None
+    dw = call_eagerly(linear, grad.t(), x.t(), None, backend) if needs_dw else None
+    return dx, dw
+
+
 def _linear_grad(ctx, grad):
     x, w = ctx.saved_tensors
-    dx = call_eagerly(linear, grad, w.t(), None, ctx.backend) if ctx.needs_input_grad[0] else None
-    dw = call_eagerly(linear, grad.t(), x.t(), None, ctx.backend) if ctx.needs_input_grad[1] else None
+    dx, dw = linear_grads(grad, x, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.backend)
     db = None
     if ctx.needs_input_grad[2]:
         db = grad.sum(0) if ctx.bias_is_vector else grad
@@ -530,12 +539,24 @@ def rnn_setup_context(ctx, inputs, output):
     ctx.relu, ctx.backend = relu, backend
 
 
+def rnn_grads(
+    backward_op, weight_grad: Callable, saved: Sequence, grads: Sequence, needs_dw_hh: bool, relu: bool, backend: str
+) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    """The RNN forward op's formula: its saved (xw, w_hh, h0, lengths, hs) and the gradients of
+    (hs, h_n), each None for zeros -> dxw, dw_hh (None where not needed), dh0."""
+    xw, w_hh, h0, lengths, hs = saved
+    grad_hs, grad_h_n = _or_zeros(grads[0], hs), _or_zeros(grads[1], h0)
+    dxw, dh0 = call_eagerly(backward_op, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, relu, backend)
+    dw_hh = weight_grad([dxw], h0, hs, lengths, backend) if needs_dw_hh else None
+    return dxw, dw_hh, dh0
+
+
 def rnn_grad_through(backward_op, weight_grad: Callable) -> Callable:
     def grad(ctx, grad_hs, grad_h_n):
-        xw, w_hh, h0, lengths, hs = ctx.saved_tensors
-        grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-        dxw, dh0 = call_eagerly(backward_op, grad_hs, grad_h_n, xw, w_hh, h0, lengths, hs, ctx.relu, ctx.backend)
-        dw_hh = weight_grad([dxw], h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
+        grads = (grad_hs, grad_h_n)
+        dxw, dw_hh, dh0 = rnn_grads(
+            backward_op, weight_grad, ctx.saved_tensors, grads, ctx.needs_input_grad[1], ctx.relu, ctx.backend
+        )
         return dxw, dw_hh, dh0, None, None, None
 
     return grad
@@ -555,15 +576,28 @@ def lstm_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
+def lstm_grads(
+    backward_op, weight_grad: Callable, saved: Sequence, grads: Sequence, needs_dw_hh: bool, backend: str
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Tensor, Tensor]:
+    """The LSTM forward op's formula: its saved (xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates)
+    and the gradients of (hs, h_n, c_n), each None for zeros -> dxw, dw_hh (None where not
+    needed), dw_hr (None without projection), dh0, dc0."""
+    xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = saved
+    grad_hs, grad_h_n, grad_c_n = _or_zeros(grads[0], hs), _or_zeros(grads[1], h0), _or_zeros(grads[2], c0)
+    dxw, dh0, dc0, dw_hr = call_eagerly(
+        backward_op, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, backend
+    )
+    dw_hh = weight_grad([dxw], h0, hs, lengths, backend) if needs_dw_hh else None
+    return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0
+
+
 def lstm_grad_through(backward_op, weight_grad: Callable) -> Callable:
     def grad(ctx, grad_hs, grad_h_n, grad_c_n, _grad_cs, _grad_gates):
-        xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates = ctx.saved_tensors
-        grad_hs, grad_h_n, grad_c_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0)
-        dxw, dh0, dc0, dw_hr = call_eagerly(
-            backward_op, grad_hs, grad_h_n, grad_c_n, xw, w_hh, w_hr, h0, c0, lengths, hs, cs, gates, ctx.backend
+        grads = (grad_hs, grad_h_n, grad_c_n)
+        dxw, dw_hh, dw_hr, dh0, dc0 = lstm_grads(
+            backward_op, weight_grad, ctx.saved_tensors, grads, ctx.needs_input_grad[1], ctx.backend
         )
-        dw_hh = weight_grad([dxw], h0, hs, lengths, ctx.backend) if ctx.needs_input_grad[1] else None
-        return dxw, dw_hh, None if w_hr is None else dw_hr, dh0, dc0, None, None
+        return dxw, dw_hh, dw_hr, dh0, dc0, None, None
 
     return grad
 
@@ -582,19 +616,36 @@ def gru_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
+def gru_grads(
+    backward_op,
+    weight_grad: Callable,
+    saved: Sequence,
+    grads: Sequence,
+    needs_dw_hh: bool,
+    needs_db_hn: bool,
+    backend: str,
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Tensor]:
+    """The GRU forward op's formula: its saved (xw, w_hh, b_hn, h0, lengths, hs, gates) and the
+    gradients of (hs, h_n), each None for zeros -> dxw, dw_hh, db_hn (each None where not
+    needed), dh0."""
+    xw, w_hh, b_hn, h0, lengths, hs, gates = saved
+    grad_hs, grad_h_n = _or_zeros(grads[0], hs), _or_zeros(grads[1], h0)
+    dxw, d_hn, dh0 = call_eagerly(backward_op, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, backend)
+    hidden = h0.shape[1]
+    dw_hh = None
+    if needs_dw_hh:
+        # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
+        dw_hh = weight_grad([dxw[..., : 2 * hidden], d_hn], h0, hs, lengths, backend)
+    db_hn = d_hn.flatten(0, -2).sum(0) if needs_db_hn else None
+    return dxw, dw_hh, db_hn, dh0
+
+
 def gru_grad_through(backward_op, weight_grad: Callable) -> Callable:
     def grad(ctx, grad_hs, grad_h_n, _grad_gates):
-        xw, w_hh, b_hn, h0, lengths, hs, gates = ctx.saved_tensors
-        grad_hs, grad_h_n = _or_zeros(grad_hs, hs), _or_zeros(grad_h_n, h0)
-        dxw, d_hn, dh0 = call_eagerly(
-            backward_op, grad_hs, grad_h_n, xw, w_hh, b_hn, h0, lengths, hs, gates, ctx.backend
+        needs = ctx.needs_input_grad
+        dxw, dw_hh, db_hn, dh0 = gru_grads(
+            backward_op, weight_grad, ctx.saved_tensors, (grad_hs, grad_h_n), needs[1], needs[2], ctx.backend
         )
-        hidden = h0.shape[1]
-        dw_hh = None
-        if ctx.needs_input_grad[1]:
-            # The gradients of W_hr, W_hz (rows of dxw) and W_hn (rows of d_hn), without a copy of dxw.
-            dw_hh = weight_grad([dxw[..., : 2 * hidden], d_hn], h0, hs, lengths, ctx.backend)
-        db_hn = d_hn.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None
         return dxw, dw_hh, db_hn, dh0, None, None
 
     return grad

@@ -1,9 +1,9 @@
 """Eager calls skip the dispatcher's wrapper of the Python ops. A single step of the native CPU
-backend that nothing records (no_grad, no profiler, no trace), of a cell or of a module called one
-step at a time, runs the native C++ ops directly (functional._unrecorded_native_step), skipping
-the op layer; a step that autograd records applies the ops' autograd formulas as
-autograd.Functions (op_library.call_eagerly). Under the profiler every step goes through the ops,
-with the same results and gradients, bit for bit."""
+backend, of a cell or of a module called one step at a time, runs the native C++ ops directly
+(fused_rnn.native_step), skipping the op layer: with no graph where nothing records (no_grad, or
+no argument requiring grad), else as one graph node that applies the ops' autograd formulas.
+Longer calls apply the ops' formulas as autograd.Functions (op_library.call_eagerly). Under the
+profiler every step goes through the ops, with the same results and gradients, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fused_rnn
-from fused_rnn import functional, native, op_library
+from fused_rnn import native, native_step, op_library
 
 REASON = native.unavailable_reason(torch.device("cpu"))
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native backend unavailable: {REASON}")
@@ -42,23 +42,23 @@ def _counted_implementation_calls(monkeypatch):
 
 
 def _native_steps(monkeypatch):
-    """Wrap functional._unrecorded_native_step -> the list of whether each call ran the step."""
+    """Wrap native_step.run -> the list of whether each call ran the step."""
     ran = []
-    step = functional._unrecorded_native_step
+    run = native_step.run
 
-    def recorded(*args):
-        result = step(*args)
+    def counted(*args):
+        result = run(*args)
         ran.append(result is not None)
         return result
 
-    monkeypatch.setattr(functional, "_unrecorded_native_step", recorded)
+    monkeypatch.setattr(native_step, "run", counted)
     return ran
 
 
-def _cell_and_inputs(kind):
+def _cell_and_inputs(kind, bias=True):
     cell_class, ops = CELLS[kind]
     torch.manual_seed(0)
-    cell = cell_class(7, 11, backend="native")
+    cell = cell_class(7, 11, bias=bias, backend="native")
     h = torch.randn(5, 11)
     state = (h, torch.randn(5, 11)) if kind == "lstm" else h
     return cell, ops, torch.randn(5, 7), state
@@ -116,7 +116,7 @@ def test_a_no_grad_module_step_runs_the_native_ops_directly(monkeypatch, kind):
 
 @pytest.mark.parametrize(
     "case",
-    ["several steps", "lengths", "reference backend", "proj_size", "grad", "profiler", "autocast"],
+    ["several steps", "lengths", "reference backend", "proj_size", "profiler", "profiler, grad", "autocast"],
 )
 def test_the_native_step_runs_only_where_it_matches_the_op_layer(monkeypatch, case):
     torch.manual_seed(2)
@@ -128,8 +128,9 @@ def test_the_native_step_runs_only_where_it_matches_the_op_layer(monkeypatch, ca
     if case == "lengths":
         x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([3, 3, 2, 2, 1]))
     ran = _native_steps(monkeypatch)
-    if case == "grad":
-        module(x)
+    if case == "profiler, grad":
+        with torch.profiler.profile(**PROFILE):
+            module(x)
     elif case == "profiler":
         with torch.no_grad(), torch.profiler.profile(**PROFILE):
             module(x)
@@ -155,27 +156,61 @@ def test_a_profiled_step_goes_through_the_ops(monkeypatch, kind):
 
 
 def _first_and_second_order_grads(cell, x, state):
-    """The gradients of a loss of one step with respect to x, the states and every parameter,
-    then those of the sum of the first-order ones (double backward)."""
+    """The gradients of a loss of one step with respect to x, the states and every parameter, and
+    those of the sum of the first-order ones (double backward)."""
     inputs = [x, *_tensors(state), *cell.parameters()]
     loss = sum((t * t.cos()).sum() for t in _tensors(cell(x, state)))
     first = torch.autograd.grad(loss, inputs, create_graph=True)
     second = torch.autograd.grad(sum(g.sum() for g in first), inputs, allow_unused=True)
-    return [*first, *(g for g in second if g is not None)]
+    return list(first), [g for g in second if g is not None]
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", sorted(CELLS))
-def test_a_recorded_step_applies_the_formulas_of_the_ops(kind):
-    cell, _, x, state = _cell_and_inputs(kind)
+def test_a_recorded_step_is_one_node_with_the_gradients_of_the_ops(kind, bias):
+    cell, _, x, state = _cell_and_inputs(kind, bias)
     x.requires_grad_()
     state = tuple(t.requires_grad_() for t in _tensors(state))
     state = state if kind == "lstm" else state[0]
     output = _tensors(cell(x, state))[0]
-    assert type(output.grad_fn).__name__ == f"EagerBackwardFor_fused_rnn_{FORWARD_OPS[kind]}Backward"
-    eager = _first_and_second_order_grads(cell, x, state)
+    assert type(output.grad_fn).__name__ == "RecordedNativeStepBackward"
+    first, second = _first_and_second_order_grads(cell, x, state)
     with torch.profiler.profile(**PROFILE):
         output = _tensors(cell(x, state))[0]
         assert type(output.grad_fn).__name__.startswith("GeneratedBackwardFor_fused_rnn_")
-        through_the_ops = _first_and_second_order_grads(cell, x, state)
-    assert len(eager) > 3 + len(list(cell.parameters()))
-    _assert_identical(eager, through_the_ops)
+        first_through_the_ops, second_through_the_ops = _first_and_second_order_grads(cell, x, state)
+    _assert_identical(first, first_through_the_ops)
+    # The node's second-order gradients add the same terms as the ops', in another order: the
+    # part through the node's outputs and the part through its recomputed graph each go through
+    # their own projection GEMM, where the ops' graph sums them before one.
+    assert len(second) > 2 and len(second) == len(second_through_the_ops)
+    for got, want in zip(second, second_through_the_ops):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(MODULES))
+def test_a_recorded_module_step_has_the_gradients_of_the_ops(monkeypatch, kind):
+    """Two layers, one step of a batch-first sequence (not contiguous), states that do not require
+    grad: the gradients of the input and of every parameter, and the accumulated .grad."""
+    torch.manual_seed(3)
+    module = MODULES[kind](6, 9, num_layers=2, batch_first=True, backend="native")
+    x = torch.randn(4, 3, 6, requires_grad=True)[:, 1:2]
+    state = torch.randn(2, 4, 9)
+    state = (state, torch.randn(2, 4, 9)) if kind == "lstm" else state
+    parameters = list(module.parameters())
+
+    def gradients():
+        module.zero_grad()
+        loss = sum((t * t.sin()).sum() for t in _tensors(module(x, state)))
+        (dx,) = torch.autograd.grad(loss, [x], retain_graph=True)
+        loss.backward()
+        return [dx, *(p.grad.clone() for p in parameters)]
+
+    ran = _native_steps(monkeypatch)
+    direct = gradients()
+    assert ran == [True, True]
+    with torch.profiler.profile(**PROFILE):
+        through_the_ops = gradients()
+    assert ran == [True, True, False, False]
+    _assert_identical(direct, through_the_ops)
+    assert all(g.abs().sum() > 0 for g in direct)
