@@ -55,13 +55,21 @@ def unrecorded_step(
         operands = ops.contiguous(x, w.w_ih, functional.summed_bias(w), w.w_hh, None, h0, c0, None)
         hs, h_n, c_n = native.lstm_input_inference(*operands)
         return hs, h_n, c_n
-    bias, b_hn = functional.projection_biases(mode, w)
-    xw = native.linear(x.reshape(-1, x.shape[-1]), w.w_ih, bias).unsqueeze(0)
+    xw, b_hn = _projection(native, mode, w, x.reshape(-1, x.shape[-1]))
     if mode == "GRU":
         hs, h_n = native.gru_inference(*ops.contiguous(xw, w.w_hh, b_hn, h0, None))
     else:
         hs, h_n = native.rnn_forward(*ops.contiguous(xw, w.w_hh, h0, None), mode == "RNN_RELU")
     return hs, h_n, None
+
+
+def _projection(
+    native, mode: str, w: "functional.LayerWeights", x2d: Tensor
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """xw [1, B, G*H] of x2d [B, I] with the biases folded as functional.projection_biases folds
+    them, and GRU's b_hn [H] (else None)."""
+    bias, b_hn = functional.projection_biases(mode, w)
+    return native.linear(x2d, w.w_ih, bias).unsqueeze(0), b_hn
 
 
 def recorded_step(
@@ -84,9 +92,8 @@ class RecordedNativeStep(torch.autograd.Function):
     def forward(ctx, mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0):
         native = get_backend("native")
         w = functional.LayerWeights(w_ih, w_hh, b_ih, b_hh, None)
-        bias, b_hn = functional.projection_biases(mode, w)
         x2d = x.reshape(-1, x.shape[-1])
-        xw = native.linear(x2d, w_ih, bias).view(1, x2d.shape[0], w_ih.shape[0])
+        xw, b_hn = _projection(native, mode, w, x2d)
         if mode == "LSTM":
             hs, h_n, c_n, cs, gates = native.lstm_forward(*ops.contiguous(xw, w_hh, None, h0, c0, None))
             recurrence_saved = (cs, gates)
