@@ -86,6 +86,35 @@ TORCH_LIBRARY(fused_rnn, m) {
       "native_gru_packed_inference(Tensor xw, Tensor w_hh, Tensor? b_hn, Tensor h0,"
       " Tensor batch_sizes) -> (Tensor hs, Tensor h_n)");
 
+  // One time step of a layer (csrc/cpu/single_step.cpp; fused_rnn/native_step.py): x [1, B, I],
+  // w_ih [G*H, I], b_ih and b_hh [G*H] (both or neither), w_hh [G*H, H], h0 and c0 [B, H]; forward
+  // projects x with the biases folded in and runs one step of the op above (with `save`, the
+  // forward op, else the inference op); backward returns the gradients of (x, w_ih, b_ih, w_hh,
+  // b_hh) where output_mask asks for them (else undefined), and of the initial states.
+  m.def(
+      "native_rnn_step_forward(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh,"
+      " Tensor h0, bool relu) -> (Tensor hs, Tensor h_n)");
+  m.def(
+      "native_rnn_step_backward(Tensor? grad_hs, Tensor? grad_h_n, Tensor x, Tensor w_ih,"
+      " Tensor w_hh, bool bias, Tensor h0, Tensor hs, bool relu, bool[5] output_mask)"
+      " -> (Tensor dx, Tensor dw_ih, Tensor db_ih, Tensor dw_hh, Tensor db_hh, Tensor dh0)");
+  m.def(
+      "native_lstm_step_forward(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh,"
+      " Tensor h0, Tensor c0, bool save)"
+      " -> (Tensor hs, Tensor h_n, Tensor c_n, Tensor cs, Tensor gates)");
+  m.def(
+      "native_lstm_step_backward(Tensor? grad_hs, Tensor? grad_h_n, Tensor? grad_c_n, Tensor x,"
+      " Tensor w_ih, Tensor w_hh, bool bias, Tensor h0, Tensor c0, Tensor hs, Tensor cs,"
+      " Tensor gates, bool[5] output_mask) -> (Tensor dx, Tensor dw_ih, Tensor db_ih,"
+      " Tensor dw_hh, Tensor db_hh, Tensor dh0, Tensor dc0)");
+  m.def(
+      "native_gru_step_forward(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh,"
+      " Tensor h0, bool save) -> (Tensor hs, Tensor h_n, Tensor gates)");
+  m.def(
+      "native_gru_step_backward(Tensor? grad_hs, Tensor? grad_h_n, Tensor x, Tensor w_ih,"
+      " Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor hs, Tensor gates, bool[5] output_mask)"
+      " -> (Tensor dx, Tensor dw_ih, Tensor db_ih, Tensor dw_hh, Tensor db_hh, Tensor dh0)");
+
   // The GEMMs outside the step loops: y = x @ w^T + b, x [M, K], w [N, K], b [N] or [M, N].
   m.def("native_linear(Tensor x, Tensor w, Tensor? b) -> Tensor");
 

@@ -87,19 +87,6 @@ def projection_biases(mode: str, w: LayerWeights) -> Tuple[Optional[Tensor], Opt
     return torch.cat([b_ir_iz + b_hr_hz, b_in]), b_hn
 
 
-def projection_bias_grads(
-    mode: str, d_bias: Tensor, d_hn: Optional[Tensor]
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """The gradients of b_ih and b_hh [G*H] from those of projection_biases' results: d_bias [G*H]
-    of the folded bias, GRU's d_hn [H] of b_hn (None: b_hh's gradient is not wanted)."""
-    if mode != "GRU":
-        return d_bias, d_bias
-    if d_hn is None:
-        return d_bias, None
-    hidden = d_hn.shape[0]
-    return d_bias, torch.cat([d_bias[: 2 * hidden], d_hn])
-
-
 def input_projection(
     mode: str, x: Tensor, w: LayerWeights, backend: str = "reference"
 ) -> Tuple[Tensor, Optional[Tensor]]:

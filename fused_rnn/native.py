@@ -448,6 +448,42 @@ def _register_fakes() -> None:
     def _(x, w, b):
         return ops.linear(x, w, b, "native")
 
+    # The single-step ops (csrc/cpu/single_step.cpp): x [1, B, I] projected, one step of the op.
+    def step_xw(x, w_ih):
+        return x.new_empty(*x.shape[:2], w_ih.shape[0])
+
+    def step_grads(x, w_ih, w_hh, bias, output_mask):
+        gate_rows = w_ih.shape[0]
+        shapes = (x.shape, w_ih.shape, (gate_rows,) if bias else None, w_hh.shape, (gate_rows,) if bias else None)
+        return [x.new_empty(shape) if wanted and shape is not None else None for shape, wanted in zip(shapes, output_mask)]
+
+    @register("fused_rnn::native_rnn_step_forward")
+    def _(x, w_ih, b_ih, w_hh, b_hh, h0, relu):
+        return ops.rnn_forward(step_xw(x, w_ih), w_hh, h0, None, relu, "native")
+
+    @register("fused_rnn::native_rnn_step_backward")
+    def _(grad_hs, grad_h_n, x, w_ih, w_hh, bias, h0, hs, relu, output_mask):
+        return (*step_grads(x, w_ih, w_hh, bias, output_mask), torch.empty_like(h0))
+
+    @register("fused_rnn::native_lstm_step_forward")
+    def _(x, w_ih, b_ih, w_hh, b_hh, h0, c0, save):
+        hs, h_n, c_n, cs, gates = ops.lstm_forward(step_xw(x, w_ih), w_hh, None, h0, c0, None, "native")
+        return (hs, h_n, c_n, cs, gates) if save else (hs, h_n, c_n, None, None)
+
+    @register("fused_rnn::native_lstm_step_backward")
+    def _(grad_hs, grad_h_n, grad_c_n, x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, output_mask):
+        return (*step_grads(x, w_ih, w_hh, bias, output_mask), torch.empty_like(h0), torch.empty_like(c0))
+
+    @register("fused_rnn::native_gru_step_forward")
+    def _(x, w_ih, b_ih, w_hh, b_hh, h0, save):
+        b_hn = None if b_ih is None or b_hh is None else b_hh[2 * w_hh.shape[1] :]
+        hs, h_n, gates = ops.gru_forward(step_xw(x, w_ih), w_hh, b_hn, h0, None, "native")
+        return (hs, h_n, gates) if save else (hs, h_n, None)
+
+    @register("fused_rnn::native_gru_step_backward")
+    def _(grad_hs, grad_h_n, x, w_ih, w_hh, b_hh, h0, hs, gates, output_mask):
+        return (*step_grads(x, w_ih, w_hh, b_hh is not None, output_mask), torch.empty_like(h0))
+
 
 if _C is not None:
     _register_fakes()

@@ -2,25 +2,27 @@
 called one step at a time (a decoder). Such a step's math is two small GEMMs and a pointwise pass,
 which cost less than the general path's Python around them (the op layer's checks and backend
 resolutions, and under autograd five to eight graph nodes: the bias fold's split, add and cat, the
-projection, the recurrence). Here the backend's functions are called as the op layer calls them
-(ops.run_inference, ops.project, the forward ops and their autograd formulas), so the results and
-the gradients are the general path's, bit for bit:
+projection, the recurrence). Here each direction of the step is one C++ op
+(fused_rnn::native_{rnn,lstm,gru}_step_{forward,backward}, csrc/cpu/single_step.cpp), which
+composes the kernels the general path calls as the op layer composes them (the bias fold, the
+projection and the forward op; the ops' autograd formulas), so the results and the gradients are
+the general path's, bit for bit:
 
 - nothing records (no_grad, or no argument requires grad): unrecorded_step, no graph at all;
-- autograd records: recorded_step, one graph node (RecordedNativeStep) whose backward applies the
-  ops' formulas, and under create_graph recomputes the step through the general path for the
+- autograd records: recorded_step, one graph node (RecordedNativeStep) whose backward is the
+  backward step op, and under create_graph recomputes the step through the general path for the
   gradients' own graph (double backward).
 
 The modules have checked the arguments as torch.nn does, and the C++ ops check them again.
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from . import functional, ops
-from .backends import get_backend, resolve_backend
+from . import functional
+from .backends import resolve_backend
 from .op_library import needs_dispatcher
 
 StepResult = Tuple[Tensor, Tensor, Optional[Tensor]]
@@ -44,32 +46,30 @@ def run(
     return unrecorded_step(mode, x, w, h0, c0)
 
 
+def _step_forward(
+    mode: str, x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
+    h0: Tensor, c0: Optional[Tensor], save: bool,
+) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+    """The forward step op of `mode` -> its outputs (hs [1, B, H], h_n [B, H], and c_n [B, H] for
+    LSTM) and, with `save`, what its backward reads (LSTM cs and gates, GRU gates)."""
+    step_ops = torch.ops.fused_rnn
+    if mode == "LSTM":
+        hs, h_n, c_n, cs, gates = step_ops.native_lstm_step_forward.default(x, w_ih, b_ih, w_hh, b_hh, h0, c0, save)
+        return (hs, h_n, c_n), (cs, gates)
+    if mode == "GRU":
+        hs, h_n, gates = step_ops.native_gru_step_forward.default(x, w_ih, b_ih, w_hh, b_hh, h0, save)
+        return (hs, h_n), (gates,)
+    hs, h_n = step_ops.native_rnn_step_forward.default(x, w_ih, b_ih, w_hh, b_hh, h0, mode == "RNN_RELU")
+    return (hs, h_n), ()
+
+
 def unrecorded_step(
     mode: str, x: Tensor, w: "functional.LayerWeights", h0: Tensor, c0: Optional[Tensor]
 ) -> StepResult:
-    """run's step where nothing records: the inference functions (an LSTM projects inside its
-    step, as the general path's lstm_input_inference does)."""
-    native = get_backend("native")
-    if mode == "LSTM":
-        assert c0 is not None
-        operands = ops.contiguous(x, w.w_ih, functional.summed_bias(w), w.w_hh, None, h0, c0, None)
-        hs, h_n, c_n = native.lstm_input_inference(*operands)
-        return hs, h_n, c_n
-    xw, b_hn = _projection(native, mode, w, x.reshape(-1, x.shape[-1]))
-    if mode == "GRU":
-        hs, h_n = native.gru_inference(*ops.contiguous(xw, w.w_hh, b_hn, h0, None))
-    else:
-        hs, h_n = native.rnn_forward(*ops.contiguous(xw, w.w_hh, h0, None), mode == "RNN_RELU")
-    return hs, h_n, None
-
-
-def _projection(
-    native, mode: str, w: "functional.LayerWeights", x2d: Tensor
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """xw [1, B, G*H] of x2d [B, I] with the biases folded as functional.projection_biases folds
-    them, and GRU's b_hn [H] (else None)."""
-    bias, b_hn = functional.projection_biases(mode, w)
-    return native.linear(x2d, w.w_ih, bias).unsqueeze(0), b_hn
+    """run's step where nothing records: the inference ops (an LSTM projects inside its step, as
+    the general path's lstm_input_inference does)."""
+    outputs, _ = _step_forward(mode, x, w.w_ih, w.b_ih, w.w_hh, w.b_hh, h0, c0, save=False)
+    return outputs[0], outputs[1], outputs[2] if mode == "LSTM" else None
 
 
 def recorded_step(
@@ -90,24 +90,9 @@ class RecordedNativeStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0):
-        native = get_backend("native")
-        w = functional.LayerWeights(w_ih, w_hh, b_ih, b_hh, None)
-        x2d = x.reshape(-1, x.shape[-1])
-        xw, b_hn = _projection(native, mode, w, x2d)
-        if mode == "LSTM":
-            hs, h_n, c_n, cs, gates = native.lstm_forward(*ops.contiguous(xw, w_hh, None, h0, c0, None))
-            recurrence_saved = (cs, gates)
-            outputs = (hs, h_n, c_n)
-        elif mode == "GRU":
-            hs, h_n, gates = native.gru_forward(*ops.contiguous(xw, w_hh, b_hn, h0, None))
-            recurrence_saved = (b_hn, gates)
-            outputs = (hs, h_n)
-        else:
-            hs, h_n = native.rnn_forward(*ops.contiguous(xw, w_hh, h0, None), mode == "RNN_RELU")
-            recurrence_saved = ()
-            outputs = (hs, h_n)
+        outputs, recurrence_saved = _step_forward(mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0, save=True)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, c0, x2d, xw, hs, *recurrence_saved)
+        ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, c0, outputs[0], *recurrence_saved)
         ctx.mode = mode
         return outputs
 
@@ -118,38 +103,29 @@ class RecordedNativeStep(torch.autograd.Function):
         return (None, *_gradients_by_the_formulas(ctx, grads))
 
 
-def _gradients_by_the_formulas(ctx, grads) -> tuple:
-    """First-order gradients of (x, w_ih, b_ih, w_hh, b_hh, h0, c0): the forward op's formula
-    (ops.*_grads), the projection's (ops.linear_grads, the bias's sum) and the bias fold's
-    (functional.projection_bias_grads), on the tensors the general path would have saved."""
-    mode, needs = ctx.mode, ctx.needs_input_grad
-    x, w_ih, b_ih, w_hh, b_hh, h0, c0, x2d, xw, hs, *recurrence_saved = ctx.saved_tensors
-    weight_grad, backend = ops.padded_weight_grad, "native"
-    dc0 = db_hn = None
+def _gradients_by_the_formulas(ctx, grads: Sequence[Optional[Tensor]]) -> tuple:
+    """First-order gradients of (x, w_ih, b_ih, w_hh, b_hh, h0, c0): the backward step op, which
+    applies the forward op's formula (ops.*_grads), the projection's (ops.linear_grads, the bias's
+    sum) and the bias fold's to the tensors saved."""
+    mode = ctx.mode
+    mask = list(ctx.needs_input_grad[1:6])
+    x, w_ih, b_ih, w_hh, b_hh, h0, c0, hs, *recurrence_saved = ctx.saved_tensors
+    bias = b_ih is not None and b_hh is not None
+    step_ops = torch.ops.fused_rnn
     if mode == "LSTM":
         cs, gates = recurrence_saved
-        saved = (xw, w_hh, None, h0, c0, None, hs, cs, gates)
-        dxw, dw_hh, _, dh0, dc0 = ops.lstm_grads(ops.lstm_backward, weight_grad, saved, grads, needs[4], backend)
-    elif mode == "GRU":
-        b_hn, gates = recurrence_saved
-        saved = (xw, w_hh, b_hn, h0, None, hs, gates)
-        needs_db_hn = needs[5] and b_hn is not None
-        dxw, dw_hh, db_hn, dh0 = ops.gru_grads(
-            ops.gru_backward, weight_grad, saved, grads, needs[4], needs_db_hn, backend
+        return step_ops.native_lstm_step_backward.default(
+            *grads, x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, mask
         )
+    if mode == "GRU":
+        (gates,) = recurrence_saved
+        b_hh_if_bias = b_hh if bias else None
+        gradients = step_ops.native_gru_step_backward.default(*grads, x, w_ih, w_hh, b_hh_if_bias, h0, hs, gates, mask)
     else:
-        saved = (xw, w_hh, h0, None, hs)
-        dxw, dw_hh, dh0 = ops.rnn_grads(
-            ops.rnn_backward, weight_grad, saved, grads, needs[4], mode == "RNN_RELU", backend
+        gradients = step_ops.native_rnn_step_backward.default(
+            *grads, x, w_ih, w_hh, bias, h0, hs, mode == "RNN_RELU", mask
         )
-    dxw2d = dxw.view(x2d.shape[0], -1)
-    dx2d, dw_ih = ops.linear_grads(dxw2d, x2d, w_ih, needs[1], needs[2], backend)
-    db_ih = db_hh = None
-    if b_ih is not None and b_hh is not None and (needs[3] or needs[5]):
-        db_ih, db_hh = functional.projection_bias_grads(mode, dxw2d.sum(0), db_hn)
-        db_ih, db_hh = (db_ih if needs[3] else None), (db_hh if needs[5] else None)
-    dx = None if dx2d is None else dx2d.view(x.shape)
-    return dx, dw_ih, db_ih, dw_hh, db_hh, dh0, dc0
+    return (*gradients, None)
 
 
 def _gradients_through_the_general_path(ctx, grads) -> list:

@@ -64,6 +64,43 @@ def test_opcheck_cpp_ops(cell, with_lengths):
     torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_backward").default, backward)
 
 
+def _step_cases(cell: str, bias: bool):
+    """(op name, forward args of each `save`, backward args of each output_mask) of the
+    single-step C++ ops at a tiny size, I = 4."""
+    gates = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell]
+    x, h0, c0 = _randn(1, B, 4), _randn(B, H), _randn(B, H)
+    w_ih, w_hh = _randn(gates * H, 4), _randn(gates * H, H)
+    b_ih, b_hh = (_randn(gates * H), _randn(gates * H)) if bias else (None, None)
+    masks = ([True] * 5, [False, True, False, True, False], [True, False, True, False, True])
+    if cell.startswith("rnn"):
+        relu = cell == "rnn_relu"
+        hs, _ = torch.ops.fused_rnn.native_rnn_step_forward(x, w_ih, b_ih, w_hh, b_hh, h0, relu)
+        forwards = [(x, w_ih, b_ih, w_hh, b_hh, h0, relu)]
+        backwards = [(_randn(1, B, H), None, x, w_ih, w_hh, bias, h0, hs, relu, mask) for mask in masks]
+        return "rnn", forwards, backwards
+    if cell == "lstm":
+        hs, _, _, cs, saved_gates = torch.ops.fused_rnn.native_lstm_step_forward(x, w_ih, b_ih, w_hh, b_hh, h0, c0, True)
+        forwards = [(x, w_ih, b_ih, w_hh, b_hh, h0, c0, save) for save in (True, False)]
+        grads = (_randn(1, B, H), _randn(B, H), None)
+        backwards = [(*grads, x, w_ih, w_hh, bias, h0, c0, hs, cs, saved_gates, mask) for mask in masks]
+        return "lstm", forwards, backwards
+    hs, _, saved_gates = torch.ops.fused_rnn.native_gru_step_forward(x, w_ih, b_ih, w_hh, b_hh, h0, True)
+    forwards = [(x, w_ih, b_ih, w_hh, b_hh, h0, save) for save in (True, False)]
+    backwards = [(None, _randn(B, H), x, w_ih, w_hh, b_hh, h0, hs, saved_gates, mask) for mask in masks]
+    return "gru", forwards, backwards
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_opcheck_single_step_ops(cell, bias):
+    """The ops of fused_rnn.native_step, with absent output gradients and partial output masks."""
+    name, forwards, backwards = _step_cases(cell, bias)
+    for forward in forwards:
+        torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_step_forward").default, forward)
+    for backward in backwards:
+        torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_step_backward").default, backward)
+
+
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
 def test_opcheck_inference_ops(cell, with_lengths):
