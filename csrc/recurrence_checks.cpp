@@ -170,6 +170,29 @@ void check_lstm_input(const char* op, const at::Tensor& x, const at::Tensor& w_i
   args.expect_optional("bias", bias, {G}, "[4H]");
 }
 
+void check_single_step(const char* op, int64_t gates, const at::Tensor& x, const at::Tensor& w_ih,
+                       const std::optional<at::Tensor>& b_ih, const at::Tensor& w_hh,
+                       const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                       const std::optional<at::Tensor>& c0) {
+  const Arguments args(op, "x", x, "[1, B, I]");
+  TORCH_CHECK(x.size(0) == 1, op, ": x must have shape [1, B, I] (one time step), got ",
+              shape_string(x.sizes()));
+  const std::string G = gates == 1 ? "" : std::to_string(gates);
+  const std::string w_hh_shape = "[" + G + "H, H]", w_ih_shape = "[" + G + "H, I]",
+                    bias_shape = "[" + G + "H]";
+  args.expect_rank("w_hh", w_hh, 2, w_hh_shape.c_str());
+  const int64_t B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  args.expect("w_hh", w_hh, {gates * H, H}, w_hh_shape.c_str());
+  args.expect("w_ih", w_ih, {gates * H, I}, w_ih_shape.c_str());
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), op,
+              ": b_ih and b_hh must both be given or both be None, got ",
+              b_ih.has_value() ? "b_ih alone" : "b_hh alone");
+  args.expect_optional("b_ih", b_ih, {gates * H}, bias_shape.c_str());
+  args.expect_optional("b_hh", b_hh, {gates * H}, bias_shape.c_str());
+  args.expect("h0", h0, {B, H}, "[B, H]");
+  args.expect_optional("c0", c0, {B, H}, "[B, H]");
+}
+
 RecurrenceSizes check_lstm_backward(const char* op, const at::Tensor& grad_hs,
                                     const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
                                     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,

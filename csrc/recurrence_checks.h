@@ -40,6 +40,14 @@ RecurrenceSizes check_lstm_forward(
 void check_lstm_input(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
                       const std::optional<at::Tensor>& bias, const at::Tensor& w_hh);
 
+/// The arguments of a single-step op (csrc/cpu/single_step.cpp) with G = `gates` (1, 3 or 4)
+/// gates per unit: x [1, B, I], w_ih [G*H, I], w_hh [G*H, H], b_ih and b_hh [G*H] (both or
+/// neither), h0 [B, H] and c0 [B, H] where given, of x's dtype and device.
+void check_single_step(const char* op, int64_t gates, const at::Tensor& x, const at::Tensor& w_ih,
+                       const std::optional<at::Tensor>& b_ih, const at::Tensor& w_hh,
+                       const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                       const std::optional<at::Tensor>& c0);
+
 RecurrenceSizes check_lstm_backward(
     const char* op, const at::Tensor& grad_hs, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,

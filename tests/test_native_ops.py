@@ -101,6 +101,40 @@ def test_opcheck_single_step_ops(cell, bias):
         torch.library.opcheck(getattr(torch.ops.fused_rnn, f"native_{name}_step_backward").default, backward)
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_single_step_ops_reject_bad_arguments(cell):
+    """Each step op names itself and the argument, and raises before its projection: several
+    steps, a lone bias, mismatched sizes and dtypes would otherwise run as a wrong step."""
+    name, forwards, backwards = _step_cases(cell, bias=True)
+    forward_op = getattr(torch.ops.fused_rnn, f"native_{name}_step_forward").default
+    backward_op = getattr(torch.ops.fused_rnn, f"native_{name}_step_backward").default
+    args = list(forwards[0])  # x, w_ih, b_ih, w_hh, b_hh, h0, then c0 (LSTM) and a flag
+    gates = args[1].size(0) // H
+    shape = f"[{gates}H" if gates > 1 else "[H"
+    bad_forwards = [
+        (0, _randn(2, B, 4), r"x must have shape \[1, B, I\] \(one time step\), got \[2, "),
+        (0, _randn(B, 4), r"x must be 3-D \[1, B, I\]"),
+        (1, _randn(gates * H, 5), rf"w_ih must have shape \{shape}, I\] = \[{gates * H}, 4\], got \[{gates * H}, 5\]"),
+        (3, _randn(gates * H + 1, H), rf"w_hh must have shape \{shape}, H\]"),
+        (4, None, "b_ih and b_hh must both be given or both be None, got b_ih alone"),
+        (2, _randn(gates * H - 1), rf"b_ih must have shape \{shape}\]"),
+        (5, _randn(B + 1, H), r"h0 must have shape \[B, H\] = \[" + f"{B}, {H}" + r"\], got \[" + str(B + 1)),
+        (1, args[1].float(), r"w_ih must have dtype torch.float64 \(the dtype of x\), got torch.float32"),
+    ]
+    if name == "lstm":
+        bad_forwards.append((6, _randn(B, H + 1), r"c0 must have shape \[B, H\]"))
+    for index, value, message in bad_forwards:
+        bad = list(args)
+        bad[index] = value
+        with pytest.raises(RuntimeError, match=rf"fused_rnn::native_{name}_step_forward: {message}"):
+            forward_op(*bad)
+    backward = list(backwards[0])
+    x_index = 3 if name == "lstm" else 2
+    backward[x_index] = _randn(1, B, 5)
+    with pytest.raises(RuntimeError, match=rf"fused_rnn::native_{name}_step_backward: w_ih must have shape"):
+        backward_op(*backward)
+
+
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
 def test_opcheck_inference_ops(cell, with_lengths):

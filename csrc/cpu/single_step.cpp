@@ -11,7 +11,8 @@
 // torch.nn's GRUCell costs 194 us), and a decoder step at B = 64, H = 500 costs about 5 ms.
 //
 // Shapes: x [1, B, I], w_ih [G*H, I], b_ih and b_hh [G*H] (both or neither), w_hh [G*H, H],
-// h0 and c0 [B, H]; hs [1, B, H], cs [1, B, H], gates as the recurrence ops save them.
+// h0 and c0 [B, H], checked on entry (check_single_step); hs [1, B, H], cs [1, B, H], gates as
+// the recurrence ops save them, which those ops check.
 // output_mask says which of (dx, dw_ih, db_ih, dw_hh, db_hh) backward computes (the others are
 // undefined tensors: None in Python); dh0 and dc0 are always computed. Gradients of the outputs
 // may be absent (None: zeros).
@@ -28,6 +29,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../recurrence_checks.h"
 #include "gemm.h"
 
 namespace fused_rnn::cpu {
@@ -135,6 +137,8 @@ Pair rnn_step_forward(const Tensor& x, const Tensor& w_ih, const OptionalTensor&
   static const auto forward =
       recurrence_op<Pair(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, bool)>(
           "fused_rnn::native_rnn_forward");
+  check_single_step("fused_rnn::native_rnn_step_forward", 1, x, w_ih, b_ih, w_hh, b_hh, h0,
+                    std::nullopt);
   const Tensor xw = projection(x, w_ih, summed_bias(b_ih, b_hh));
   return forward.call(xw.contiguous(), w_hh.contiguous(), h0.contiguous(), std::nullopt, relu);
 }
@@ -146,6 +150,8 @@ Sextuple rnn_step_backward(const OptionalTensor& grad_hs, const OptionalTensor& 
   static const auto backward =
       recurrence_op<Pair(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                          const OptionalTensor&, const Tensor&, bool)>("fused_rnn::native_rnn_backward");
+  check_single_step("fused_rnn::native_rnn_step_backward", 1, x, w_ih, std::nullopt, w_hh,
+                    std::nullopt, h0, std::nullopt);
   auto [dxw, dh0] = backward.call(or_zeros(grad_hs, hs).contiguous(),
                                   or_zeros(grad_h_n, h0).contiguous(), w_hh.contiguous(),
                                   h0.contiguous(), std::nullopt, hs.contiguous(), relu);
@@ -171,6 +177,7 @@ Quintuple lstm_step_forward(const Tensor& x, const Tensor& w_ih, const OptionalT
       recurrence_op<Triple(const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&,
                            const OptionalTensor&, const Tensor&, const Tensor&, const OptionalTensor&)>(
           "fused_rnn::native_lstm_input_inference");
+  check_single_step("fused_rnn::native_lstm_step_forward", 4, x, w_ih, b_ih, w_hh, b_hh, h0, c0);
   const OptionalTensor bias = summed_bias(b_ih, b_hh);
   if (!save) {
     auto [hs, h_n, c_n] = inference.call(x.contiguous(), w_ih.contiguous(), contiguous(bias),
@@ -194,6 +201,8 @@ Septuple lstm_step_backward(const OptionalTensor& grad_hs, const OptionalTensor&
                               const OptionalTensor&, const Tensor&, const Tensor&,
                               const OptionalTensor&, const Tensor&, const Tensor&, const Tensor&)>(
           "fused_rnn::native_lstm_backward");
+  check_single_step("fused_rnn::native_lstm_step_backward", 4, x, w_ih, std::nullopt, w_hh,
+                    std::nullopt, h0, c0);
   auto [dxw, dh0, dc0, dw_hr] = backward.call(
       or_zeros(grad_hs, hs).contiguous(), or_zeros(grad_h_n, h0).contiguous(),
       or_zeros(grad_c_n, c0).contiguous(), w_hh.contiguous(), std::nullopt, h0.contiguous(),
@@ -217,6 +226,8 @@ Triple gru_step_forward(const Tensor& x, const Tensor& w_ih, const OptionalTenso
   static const auto inference =
       recurrence_op<Pair(const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&,
                          const OptionalTensor&)>("fused_rnn::native_gru_inference");
+  check_single_step("fused_rnn::native_gru_step_forward", 3, x, w_ih, b_ih, w_hh, b_hh, h0,
+                    std::nullopt);
   auto [bias, b_hn] = gru_biases(b_ih, b_hh, w_hh.size(1));
   const Tensor xw = projection(x, w_ih, bias).contiguous();
   if (!save) {
@@ -236,6 +247,8 @@ Sextuple gru_step_backward(const OptionalTensor& grad_hs, const OptionalTensor& 
       recurrence_op<Triple(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
                            const Tensor&, const OptionalTensor&, const Tensor&, const Tensor&)>(
           "fused_rnn::native_gru_backward");
+  check_single_step("fused_rnn::native_gru_step_backward", 3, x, w_ih, std::nullopt, w_hh,
+                    std::nullopt, h0, std::nullopt);
   const int64_t hidden = w_hh.size(1);
   const bool bias = given(b_hh);
   const OptionalTensor b_hn =
