@@ -188,6 +188,39 @@ def test_a_recorded_step_is_one_node_with_the_gradients_of_the_ops(kind, bias):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+FROZEN = {
+    "input and input weights": ("x", "weight_ih", "bias_ih"),
+    "recurrent weights": ("weight_hh", "bias_hh"),
+    "biases": ("bias_ih", "bias_hh"),
+    "every parameter": ("weight_ih", "bias_ih", "weight_hh", "bias_hh"),
+}
+
+
+@pytest.mark.parametrize("frozen", sorted(FROZEN))
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_a_recorded_step_computes_the_gradients_of_what_requires_grad(kind, frozen):
+    """Frozen parameters (and an input that does not require grad) leave their gradients out of
+    the node's backward (its output mask): the gradients of the others are the ops', bit for bit."""
+    cell, _, x, state = _cell_and_inputs(kind)
+    state = tuple(t.requires_grad_() for t in _tensors(state))
+    state = state if kind == "lstm" else state[0]
+    x.requires_grad_("x" not in FROZEN[frozen])
+    for name, parameter in cell.named_parameters():
+        parameter.requires_grad_(name not in FROZEN[frozen])
+    wanted = [t for t in [x, *_tensors(state), *cell.parameters()] if t.requires_grad]
+
+    def gradients():
+        loss = sum((t * t.cos()).sum() for t in _tensors(cell(x, state)))
+        return torch.autograd.grad(loss, wanted)
+
+    assert type(_tensors(cell(x, state))[0].grad_fn).__name__ == "RecordedNativeStepBackward"
+    direct = gradients()
+    with torch.profiler.profile(**PROFILE):
+        through_the_ops = gradients()
+    _assert_identical(direct, through_the_ops)
+    assert all(g.abs().sum() > 0 for g in direct)
+
+
 @pytest.mark.parametrize("kind", sorted(MODULES))
 def test_a_recorded_module_step_has_the_gradients_of_the_ops(monkeypatch, kind):
     """Two layers, one step of a batch-first sequence (not contiguous), states that do not require
