@@ -82,6 +82,24 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward(AttentionScore score, const
   return {context.to(dtype), lse, need_weights ? weights.to(dtype) : weights};
 }
 
+/// rows [N, F], contiguous -> [F]: the rows added one after another, row 0 first, so that the sum
+/// does not depend on how ATen would split a reduction across threads. (One ATen add_ per row
+/// cost about 1 us each: 3.5 ms of a 5 ms backward at B = 64, Tk = 60.)
+Tensor sum_rows_in_order(const Tensor& rows) {
+  Tensor sum = at::zeros({rows.size(1)}, rows.options());
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "sum_rows_in_order", [&] {
+    const int64_t count = rows.size(0), width = rows.size(1);
+    const scalar_t* row = rows.const_data_ptr<scalar_t>();
+    scalar_t* out = sum.mutable_data_ptr<scalar_t>();
+    for (int64_t r = 0; r < count; ++r, row += width) {
+      for (int64_t f = 0; f < width; ++f) {
+        out[f] += row[f];
+      }
+    }
+  });
+  return sum;
+}
+
 /// -> d_query, d_keys, d_v (additive; undefined for dot), d_values, in the input dtype.
 std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward(
     AttentionScore score, const Tensor& grad_context, const std::optional<Tensor>& grad_weights,
@@ -106,14 +124,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward(
       values_acc.const_data_ptr(), context_acc.const_data_ptr(), lse_acc.const_data_ptr(),
       data_or_null(weights_acc), d_query.mutable_data_ptr(), d_keys.mutable_data_ptr(),
       v ? d_v_rows.mutable_data_ptr() : nullptr, d_values.mutable_data_ptr()});
-  // d_v: the key rows' shares added in row order, so the sum does not depend on how ATen would
-  // split a reduction across threads.
-  Tensor d_v;
-  if (v) {
-    d_v = at::zeros({shape.features}, options);
-    const Tensor rows = d_v_rows.view({shape.batch * shape.keys, shape.features});
-    for (int64_t r = 0; r < rows.size(0); ++r) d_v.add_(rows[r]);
-  }
+  const Tensor d_v =
+      v ? sum_rows_in_order(d_v_rows.view({shape.batch * shape.keys, shape.features})) : Tensor();
   return {d_query.to(dtype), d_keys.to(dtype), v ? d_v.to(dtype) : d_v, d_values.to(dtype)};
 }
 
