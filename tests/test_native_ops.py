@@ -103,8 +103,9 @@ def test_opcheck_single_step_ops(cell, bias):
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_single_step_ops_reject_bad_arguments(cell):
-    """Each step op names itself and the argument, and raises before its projection: several
-    steps, a lone bias, mismatched sizes and dtypes would otherwise run as a wrong step."""
+    """Each step op names itself and the argument, and raises before its projection: a lone bias
+    would otherwise be ignored, and the other mistakes would surface as errors of the inner ops
+    about their own arguments."""
     name, forwards, backwards = _step_cases(cell, bias=True)
     forward_op = getattr(torch.ops.fused_rnn, f"native_{name}_step_forward").default
     backward_op = getattr(torch.ops.fused_rnn, f"native_{name}_step_backward").default
