@@ -11,8 +11,10 @@
 // Memory: neither direction stores [B, Tq, Tk, A] nor [B, Tq, Tk]. The forward walks the keys of
 // one query row in chunks with an online softmax; the backward recomputes each score from the
 // saved log-sum-exp, once in a sweep over query rows (d_query) and once in a sweep over key rows
-// (d_keys, d_values, d_v), so that every output element has exactly one writer: no atomics, and
-// results do not depend on the thread count.
+// (d_keys, d_values, d_v, one task per chunk of keys), so that every output element has exactly one
+// writer: no atomics, and results do not depend on the thread count. Besides their outputs they
+// keep a transposed copy of the keys (dot score) and, in the backward, of the values: [B, F, Tk]
+// and [B, Dv, Tk], the size of those inputs.
 #pragma once
 
 #include <c10/core/ScalarType.h>
