@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from . import attention_ops
 from .modules import _BackendMixin
+from .op_library import call_eagerly
 
 LUONG_SCORES = ("dot", "scaled_dot", "general")
 
@@ -174,9 +175,9 @@ class AdditiveAttention(_Attention):
         pq = F.linear(query, self.w_query, self.bias)  # [B, Tq, A]
         pk = F.linear(keys, self.w_key)  # [B, Tk, A]
         dtype = pq.dtype  # differs from the parameters' only under autocast
-        context, _, weights = attention_ops.additive_attention_forward(
-            pq, pk.to(dtype), self.v.to(dtype), values.to(dtype), key_lengths, need_weights,
-            self._resolved_backend(query.device),
+        context, _, weights = call_eagerly(
+            attention_ops.additive_attention_forward, pq, pk.to(dtype), self.v.to(dtype), values.to(dtype),
+            key_lengths, need_weights, self._resolved_backend(query.device),
         )
         return self._finish(context, weights, need_weights, step)
 
@@ -227,8 +228,8 @@ class LuongAttention(_Attention):
         query, keys, values, key_lengths, step = self._prepare(query, keys, values, key_lengths)
         projected = query if self.weight is None else query @ self.weight  # [B, Tq, Dk]
         dtype = projected.dtype  # differs from the inputs' only under autocast
-        context, _, weights = attention_ops.dot_attention_forward(
-            projected, keys.to(dtype), values.to(dtype), key_lengths, self.scale, need_weights,
-            self._resolved_backend(query.device),
+        context, _, weights = call_eagerly(
+            attention_ops.dot_attention_forward, projected, keys.to(dtype), values.to(dtype), key_lengths, self.scale,
+            need_weights, self._resolved_backend(query.device),
         )
         return self._finish(context, weights, need_weights, step)

@@ -1,4 +1,7 @@
 """The attention custom ops: torch.library registration, fake functions, autograd, backend choice.
+The ops are defined with `fused_rnn.op_library.define_op` (custom_op's registration without its
+import of torch._dynamo on the first eager call); each name below is the op's OpOverload, which
+eager callers run through `op_library.call_eagerly`.
 
 Two score families, each a forward and a backward op taking the projected queries and keys (the
 projections are GEMMs done through autograd by `fused_rnn.attention`):
@@ -36,6 +39,7 @@ from .backends import (
     resolve_backend,
     unavailable_reason,
 )
+from .op_library import call_eagerly, define_op, register_autograd
 from .ops import contiguous, expect_shape, reference_vjp
 
 ATTENTION_FUNCTIONS = (
@@ -233,7 +237,7 @@ def _fake_outputs(query: Tensor, values: Tensor, keys: int, need_weights: bool):
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fused_rnn::additive_attention_forward", mutates_args=())
+@define_op("fused_rnn::additive_attention_forward")
 def additive_attention_forward(
     pq: Tensor,
     pk: Tensor,
@@ -250,13 +254,13 @@ def additive_attention_forward(
     return implementation.additive_attention_forward(*args, need_weights)
 
 
-@additive_attention_forward.register_fake
+@torch.library.register_fake(additive_attention_forward)
 def _(pq, pk, v, values, key_lengths, need_weights, backend):
     check_additive_args(pq, pk, v, values, key_lengths)
     return _fake_outputs(pq, values, pk.shape[1], need_weights)
 
 
-@torch.library.custom_op("fused_rnn::additive_attention_backward", mutates_args=())
+@define_op("fused_rnn::additive_attention_backward")
 def additive_attention_backward(
     grad_context: Tensor,
     grad_weights: Optional[Tensor],
@@ -276,12 +280,12 @@ def additive_attention_backward(
     return implementation.additive_attention_backward(*args)
 
 
-@additive_attention_backward.register_fake
+@torch.library.register_fake(additive_attention_backward)
 def _(grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights, backend):
     return torch.empty_like(pq), torch.empty_like(pk), torch.empty_like(v), torch.empty_like(values)
 
 
-@torch.library.custom_op("fused_rnn::dot_attention_forward", mutates_args=())
+@define_op("fused_rnn::dot_attention_forward")
 def dot_attention_forward(
     query: Tensor,
     keys: Tensor,
@@ -298,13 +302,13 @@ def dot_attention_forward(
     return implementation.dot_attention_forward(*args, scale, need_weights)
 
 
-@dot_attention_forward.register_fake
+@torch.library.register_fake(dot_attention_forward)
 def _(query, keys, values, key_lengths, scale, need_weights, backend):
     check_dot_args(query, keys, values, key_lengths, scale)
     return _fake_outputs(query, values, keys.shape[1], need_weights)
 
 
-@torch.library.custom_op("fused_rnn::dot_attention_backward", mutates_args=())
+@define_op("fused_rnn::dot_attention_backward")
 def dot_attention_backward(
     grad_context: Tensor,
     grad_weights: Optional[Tensor],
@@ -324,7 +328,7 @@ def dot_attention_backward(
     return implementation.dot_attention_backward(*args, scale)
 
 
-@dot_attention_backward.register_fake
+@torch.library.register_fake(dot_attention_backward)
 def _(grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights, scale, backend):
     return torch.empty_like(query), torch.empty_like(keys), torch.empty_like(values)
 
@@ -364,13 +368,14 @@ def _additive_setup_context(ctx, inputs, output):
 def _additive_grad(ctx, grad_context, _grad_lse, grad_weights):
     pq, pk, v, values, key_lengths, context, lse, weights = ctx.saved_tensors
     grad_context, grad_weights, weights = _backward_inputs(ctx, context, weights, grad_context, grad_weights)
-    d_pq, d_pk, d_v, d_values = additive_attention_backward(
-        grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse, weights, ctx.backend
+    d_pq, d_pk, d_v, d_values = call_eagerly(
+        additive_attention_backward, grad_context, grad_weights, pq, pk, v, values, key_lengths, context, lse,
+        weights, ctx.backend,
     )
     return d_pq, d_pk, d_v, d_values, None, None, None
 
 
-additive_attention_forward.register_autograd(_additive_grad, setup_context=_additive_setup_context)
+register_autograd(additive_attention_forward, _additive_grad, setup_context=_additive_setup_context)
 
 
 def _dot_setup_context(ctx, inputs, output):
@@ -382,14 +387,14 @@ def _dot_setup_context(ctx, inputs, output):
 def _dot_grad(ctx, grad_context, _grad_lse, grad_weights):
     query, keys, values, key_lengths, context, lse, weights = ctx.saved_tensors
     grad_context, grad_weights, weights = _backward_inputs(ctx, context, weights, grad_context, grad_weights)
-    d_query, d_keys, d_values = dot_attention_backward(
-        grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights,
+    d_query, d_keys, d_values = call_eagerly(
+        dot_attention_backward, grad_context, grad_weights, query, keys, values, key_lengths, context, lse, weights,
         ctx.scale, ctx.backend,
     )
     return d_query, d_keys, d_values, None, None, None, None
 
 
-dot_attention_forward.register_autograd(_dot_grad, setup_context=_dot_setup_context)
+register_autograd(dot_attention_forward, _dot_grad, setup_context=_dot_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,8 +429,8 @@ def _additive_backward_grad(ctx, grad_d_pq, grad_d_pk, grad_d_v, grad_d_values):
     return (*grads, None, None, None, None, None)
 
 
-additive_attention_backward.register_autograd(
-    _additive_backward_grad, setup_context=_additive_backward_setup_context
+register_autograd(
+    additive_attention_backward, _additive_backward_grad, setup_context=_additive_backward_setup_context
 )
 
 
@@ -456,4 +461,4 @@ def _dot_backward_grad(ctx, grad_d_query, grad_d_keys, grad_d_values):
     return (*grads, None, None, None, None, None, None)
 
 
-dot_attention_backward.register_autograd(_dot_backward_grad, setup_context=_dot_backward_setup_context)
+register_autograd(dot_attention_backward, _dot_backward_grad, setup_context=_dot_backward_setup_context)

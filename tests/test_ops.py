@@ -286,7 +286,8 @@ def test_modules_run_the_inference_op_exactly_when_no_gradient_is_needed(module)
 def test_eager_calls_do_not_import_dynamo():
     """torch.library.custom_op's implementations import torch._dynamo (sympy, triton: seconds) on
     their first call; the ops here leave it unimported until something else imports it, forward
-    and backward, through the modules as through the ops."""
+    and backward, through the modules as through the ops: the recurrences and the attention
+    scores (both score families, on the reference backend and on the one "auto" picks)."""
     program = """
 import sys, torch, fused_rnn
 from fused_rnn import ops
@@ -296,6 +297,13 @@ for module in (fused_rnn.LSTM(3, 4, backend="reference"), fused_rnn.GRUCell(3, 4
     out.sum().backward()
     with torch.no_grad():
         module(x.unsqueeze(0)) if isinstance(module, fused_rnn.LSTM) else module(x)
+for backend in ("reference", "auto"):
+    for module in (fused_rnn.AdditiveAttention(3, 3, 5, backend=backend),
+                   fused_rnn.LuongAttention(3, 3, score="dot", backend=backend)):
+        query, keys = torch.randn(2, 4, 3, requires_grad=True), torch.randn(2, 6, 3, requires_grad=True)
+        module(query, keys)[0].sum().backward()
+        with torch.no_grad():
+            module(query, keys)
 loaded = sorted(name for name in ("torch._dynamo", "sympy", "triton") if name in sys.modules)
 print(",".join(loaded) or "none")
 """
