@@ -35,6 +35,8 @@ namespace attention_detail {
 // Keys scored together before one online-softmax update, and the keys of one task of the key
 // sweep. A multiple of every vector size: a chunk of a TransposedRows block is whole vectors.
 constexpr int64_t kKeyChunk = 64;
+// Query rows whose weights and score gradients the key sweep gathers before adding them up.
+constexpr int64_t kRowBlock = 64;
 // Multiply-adds worth a task of their own.
 constexpr int64_t kTaskWork = 1 << 15;
 
@@ -123,19 +125,40 @@ class TransposedRows {
   std::vector<T> data_;
 };
 
-/// out[c] = sum_f x[f] * chunk[f * stride + c] for every c < kKeyChunk: x [width] against a chunk
-/// of TransposedRows, each sum over f in order in one vector lane.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int64_t kVectorRegisters = 32;
+#else
+constexpr int64_t kVectorRegisters = 16;
+#endif
+
+/// Query rows the dot score runs through a chunk at once: as many as keep their accumulators
+/// (kKeyChunk keys per row) in half the vector registers, each chunk load then serving them all.
 template <typename T>
-void row_times_chunk(const T* x, const T* chunk, int64_t stride, int64_t width, ChunkRow<T>& out) {
+constexpr int64_t dot_rows() {
+  return std::max<int64_t>(1, kVectorRegisters / 2 / (kKeyChunk / Vec<T>::size()));
+}
+
+/// out[r].at[c] = sum_f x[r][f] * chunk[f * stride + c] for r < R, c < kKeyChunk: R rows x[r]
+/// [width] against a chunk of TransposedRows, each sum over f in order in one vector lane.
+template <int64_t R, typename T>
+void rows_times_chunk(const T* const* x, const T* chunk, int64_t stride, int64_t width, ChunkRow<T>* out) {
   constexpr int64_t L = Vec<T>::size(), V = kKeyChunk / L;
-  Vec<T> acc[V];
-  for (int64_t v = 0; v < V; ++v) acc[v] = Vec<T>(0);
-  for (int64_t f = 0; f < width; ++f) {
-    const Vec<T> xf(x[f]);
-    const T* row = chunk + f * stride;
-    for (int64_t v = 0; v < V; ++v) acc[v] = at::vec::fmadd(xf, Vec<T>::loadu(row + v * L), acc[v]);
+  Vec<T> acc[R][V];
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < V; ++v) acc[r][v] = Vec<T>(0);
   }
-  for (int64_t v = 0; v < V; ++v) acc[v].store(out.at + v * L);
+  for (int64_t f = 0; f < width; ++f) {
+    const T* row = chunk + f * stride;
+    Vec<T> keys[V];
+    for (int64_t v = 0; v < V; ++v) keys[v] = Vec<T>::loadu(row + v * L);
+    for (int64_t r = 0; r < R; ++r) {
+      const Vec<T> xf(x[r][f]);
+      for (int64_t v = 0; v < V; ++v) acc[r][v] = at::vec::fmadd(xf, keys[v], acc[r][v]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < V; ++v) acc[r][v].store(out[r].at + v * L);
+  }
 }
 
 /// x[c] = exp(x[c] - shift) for c < n (the lanes past n of the last vector too).
@@ -145,40 +168,55 @@ void exp_shifted(ChunkRow<T>& x, T shift, int64_t n) {
   for (int64_t c = 0; c < n; c += Vec<T>::size()) (Vec<T>::loadu(x.at + c) - s).exp().store(x.at + c);
 }
 
-/// out [width] += sum_{c < n} weight[c] * rows[c] for rows [n, width], contiguous: each element
-/// summed over c in order, four vectors of out held in registers across the rows.
-template <typename T>
-void add_weighted_rows(T* out, const T* weight, const T* rows, int64_t n, int64_t width) {
-  constexpr int64_t L = Vec<T>::size();
+/// out[r][w] += sum_{c < n} weight[r][c] * rows[c * width + w] for r < R, w < width, rows [n, width]
+/// contiguous: each element summed over c in order, four vectors of each out[r] in registers
+/// across the rows, each row's load serving all R.
+template <int64_t R, typename T>
+void add_weighted_rows(T* const* out, const T* const* weight, const T* rows, int64_t n, int64_t width) {
+  constexpr int64_t L = Vec<T>::size(), W = 4;
   int64_t w0 = 0;
-  for (; w0 + 4 * L <= width; w0 += 4 * L) {
-    Vec<T> a0 = Vec<T>::loadu(out + w0), a1 = Vec<T>::loadu(out + w0 + L);
-    Vec<T> a2 = Vec<T>::loadu(out + w0 + 2 * L), a3 = Vec<T>::loadu(out + w0 + 3 * L);
-    for (int64_t c = 0; c < n; ++c) {
-      const Vec<T> wc(weight[c]);
-      const T* row = rows + c * width + w0;
-      a0 = at::vec::fmadd(wc, Vec<T>::loadu(row), a0);
-      a1 = at::vec::fmadd(wc, Vec<T>::loadu(row + L), a1);
-      a2 = at::vec::fmadd(wc, Vec<T>::loadu(row + 2 * L), a2);
-      a3 = at::vec::fmadd(wc, Vec<T>::loadu(row + 3 * L), a3);
+  for (; w0 + W * L <= width; w0 += W * L) {
+    Vec<T> acc[R][W];
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t v = 0; v < W; ++v) acc[r][v] = Vec<T>::loadu(out[r] + w0 + v * L);
     }
-    a0.store(out + w0);
-    a1.store(out + w0 + L);
-    a2.store(out + w0 + 2 * L);
-    a3.store(out + w0 + 3 * L);
+    for (int64_t c = 0; c < n; ++c) {
+      const T* row = rows + c * width + w0;
+      Vec<T> x[W];
+      for (int64_t v = 0; v < W; ++v) x[v] = Vec<T>::loadu(row + v * L);
+      for (int64_t r = 0; r < R; ++r) {
+        const Vec<T> wc(weight[r][c]);
+        for (int64_t v = 0; v < W; ++v) acc[r][v] = at::vec::fmadd(wc, x[v], acc[r][v]);
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t v = 0; v < W; ++v) acc[r][v].store(out[r] + w0 + v * L);
+    }
   }
   for (; w0 < width; w0 += L) {
     const int64_t m = std::min<int64_t>(L, width - w0);
-    Vec<T> a = Vec<T>::loadu(out + w0, m);
-    for (int64_t c = 0; c < n; ++c) a = at::vec::fmadd(Vec<T>(weight[c]), Vec<T>::loadu(rows + c * width + w0, m), a);
-    a.store(out + w0, m);
+    Vec<T> acc[R];
+    for (int64_t r = 0; r < R; ++r) acc[r] = Vec<T>::loadu(out[r] + w0, m);
+    for (int64_t c = 0; c < n; ++c) {
+      const Vec<T> x = Vec<T>::loadu(rows + c * width + w0, m);
+      for (int64_t r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec<T>(weight[r][c]), x, acc[r]);
+    }
+    for (int64_t r = 0; r < R; ++r) acc[r].store(out[r] + w0, m);
   }
+}
+
+/// Rows first_row .. first_row + R of a [., width] array; those past `count` repeat the last real
+/// row (their results are computed and dropped, so that the kernels' R stays a constant).
+template <int64_t R, typename T>
+void group_rows(const T* base, int64_t first_row, int64_t count, int64_t width, const T** rows) {
+  for (int64_t r = 0; r < R; ++r) rows[r] = base + (first_row + std::min(r, count - 1)) * width;
 }
 
 /// score(i, j) = v . tanh(pq_i + pk_j), one pair at a time. `hidden` [n, A] keeps
 /// tanh(pq_i + pk_j) of a chunk's pairs for the gradients.
 template <typename T>
 struct AdditiveScore {
+  static constexpr int64_t kRows = 1;  // query rows per call of chunk_scores
   const T* v;      // [A]
   const T* pq;     // [B * Tq, A]
   const T* pk;     // [B * Tk, A]
@@ -202,11 +240,12 @@ struct AdditiveScore {
     return total;
   }
 
-  /// scores[c] = score(row, j0 + c) of batch row b for c < n.
-  void chunk_scores(int64_t row, int64_t b, int64_t j0, int64_t n, ChunkRow<T>& scores, T* hidden) const {
+  /// scores[0].at[c] = score(row, j0 + c) of batch row b for c < n.
+  void chunk_scores(int64_t row, int64_t /*count*/, int64_t b, int64_t j0, int64_t n, ChunkRow<T>* scores,
+                    T* hidden) const {
     const T* q = pq + row * features;
     const T* k = pk + (b * keys + j0) * features;
-    for (int64_t c = 0; c < n; ++c) scores.at[c] = pair(q, k + c * features, hidden + c * features);
+    for (int64_t c = 0; c < n; ++c) scores[0].at[c] = pair(q, k + c * features, hidden + c * features);
   }
 
   /// d_pre += ds * v * (1 - h^2): the gradient reaching pq_i (or pk_j).
@@ -220,45 +259,73 @@ struct AdditiveScore {
     }
   }
 
-  /// d_q += sum_{c < n} ds[c] d score(row, j0 + c) / d pq_row.
-  void add_query_gradients(int64_t /*b*/, int64_t /*j0*/, const ChunkRow<T>& ds, int64_t n, const T* hidden,
-                           T* d_q) const {
-    for (int64_t c = 0; c < n; ++c) add_pre_gradient(ds.at[c], hidden + c * features, d_q);
+  /// d_q[0] += sum_{c < n} ds[0][c] d score(row, j0 + c) / d pq_row.
+  void add_query_gradients(int64_t /*b*/, int64_t /*j0*/, const ChunkRow<T>* ds, int64_t n, const T* hidden,
+                           T* const* d_q) const {
+    for (int64_t c = 0; c < n; ++c) add_pre_gradient(ds[0].at[c], hidden + c * features, d_q[0]);
   }
 
-  /// d_k += ds d score / d pk_j and d_v += ds d score / d v for one pair (its `hidden`).
-  void add_key_gradient(T ds, int64_t /*row*/, const T* hidden, T* d_k, T* d_v) const {
-    add_pre_gradient(ds, hidden, d_k);
-    axpy(d_v, ds, hidden, features);
+  /// d_k[c] += ds[c] d score / d pk_(j0 + c) and d_v[c] += ds[c] d score / d v for c < n, the
+  /// pairs of one query row (their `hidden`), rows of A of d_k and d_v from key j0.
+  void add_key_gradients_of_row(const ChunkRow<T>& ds, int64_t n, const T* hidden, T* d_k, T* d_v) const {
+    for (int64_t c = 0; c < n; ++c) {
+      add_pre_gradient(ds.at[c], hidden + c * features, d_k + c * features);
+      axpy(d_v + c * features, ds.at[c], hidden + c * features, features);
+    }
   }
+
+  /// The dot score's: none here (the pairs' hidden is gone by the end of a block).
+  void add_key_gradients_of_block(int64_t, int64_t, const T*, int64_t, T*) const {}
 };
 
-/// score(i, j) = scale * q_i . k_j, a chunk of keys at a time from the transposed keys.
+/// score(i, j) = scale * q_i . k_j, kRows query rows against a chunk of the transposed keys.
 template <typename T>
 struct DotScore {
+  static constexpr int64_t kRows = dot_rows<T>();
   T scale;
-  const T* query;  // [B * Tq, D]
-  const T* keys;   // [B * Tk, D]
+  const T* query;     // [B * Tq, D]
+  const T* keys;      // [B * Tk, D]
   int64_t key_count;  // Tk
   int64_t features;
   const TransposedRows<T>& keys_across;
 
   int64_t hidden_per_key() const { return 0; }
 
-  void chunk_scores(int64_t row, int64_t b, int64_t j0, int64_t n, ChunkRow<T>& scores, T* /*hidden*/) const {
-    row_times_chunk(query + row * features, keys_across.chunk(b, j0), keys_across.stride(), features, scores);
-    for (int64_t c = 0; c < n; ++c) scores.at[c] *= scale;
+  /// scores[r].at[c] = score(row + r, j0 + c) for r < kRows (rows past `count` repeat the last).
+  void chunk_scores(int64_t row, int64_t count, int64_t b, int64_t j0, int64_t n, ChunkRow<T>* scores,
+                    T* /*hidden*/) const {
+    const T* q[kRows];
+    group_rows<kRows>(query, row, count, features, q);
+    rows_times_chunk<kRows>(q, keys_across.chunk(b, j0), keys_across.stride(), features, scores);
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (int64_t c = 0; c < n; ++c) scores[r].at[c] *= scale;
+    }
   }
 
-  void add_query_gradients(int64_t b, int64_t j0, const ChunkRow<T>& ds, int64_t n, const T* /*hidden*/,
-                           T* d_q) const {
-    ChunkRow<T> scaled;
-    for (int64_t c = 0; c < n; ++c) scaled.at[c] = scale * ds.at[c];
-    add_weighted_rows(d_q, scaled.at, keys + (b * key_count + j0) * features, n, features);
+  void add_query_gradients(int64_t b, int64_t j0, const ChunkRow<T>* ds, int64_t n, const T* /*hidden*/,
+                           T* const* d_q) const {
+    ChunkRow<T> scaled[kRows];
+    const T* weights[kRows];
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (int64_t c = 0; c < n; ++c) scaled[r].at[c] = scale * ds[r].at[c];
+      weights[r] = scaled[r].at;
+    }
+    add_weighted_rows<kRows>(d_q, weights, keys + (b * key_count + j0) * features, n, features);
   }
 
-  void add_key_gradient(T ds, int64_t row, const T* /*hidden*/, T* d_k, T* /*d_v*/) const {
-    axpy(d_k, scale * ds, query + row * features, features);
+  /// The additive score's: none here (a block's are added at once).
+  void add_key_gradients_of_row(const ChunkRow<T>&, int64_t, const T*, T*, T*) const {}
+
+  /// d_k[c] += scale sum_r ds_by_key[c][r] q_(first_row + r) for c < n: rows of D of d_k from key
+  /// j0, against `rows` query rows from first_row (ds_by_key rows of kRowBlock).
+  void add_key_gradients_of_block(int64_t first_row, int64_t rows, const T* ds_by_key, int64_t n, T* d_k) const {
+    T scaled[kRowBlock];
+    for (int64_t c = 0; c < n; ++c) {
+      for (int64_t r = 0; r < rows; ++r) scaled[r] = scale * ds_by_key[c * kRowBlock + r];
+      T* out = d_k + c * features;
+      const T* weight = scaled;
+      add_weighted_rows<1>(&out, &weight, query + first_row * features, rows, features);
+    }
   }
 };
 
@@ -269,48 +336,83 @@ void parallel_tasks(int64_t count, int64_t work, const Body& body) {
   at::parallel_for(0, count, grain, body);
 }
 
+/// A task's query rows: Score::kRows consecutive rows of one batch row (fewer at the end of it).
+struct RowGroup {
+  int64_t b, first_row, count;
+};
+
+template <int64_t R>
+RowGroup row_group(int64_t task, int64_t queries) {
+  const int64_t groups = (queries + R - 1) / R;
+  const int64_t b = task / groups, i0 = task % groups * R;
+  return {b, b * queries + i0, std::min(R, queries - i0)};
+}
+
+/// Each of a group's R output rows [width] (rows past `count` in `spare`, [R - 1, width]), zeroed.
+template <int64_t R, typename T>
+void zeroed_group_rows(T* base, const RowGroup& g, int64_t width, T* spare, T** rows) {
+  for (int64_t r = 0; r < R; ++r) {
+    rows[r] = r < g.count ? base + (g.first_row + r) * width : spare + (r - 1) * width;
+    std::fill_n(rows[r], width, T(0));
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
-// Forward: one task per query row (b, i); keys in chunks of kKeyChunk with an online softmax.
+// Forward: one task per group of query rows; keys in chunks of kKeyChunk with an online softmax.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T, typename Score>
 void forward_rows(const AttentionForward& p, const Score& score) {
+  constexpr int64_t R = Score::kRows;
   const AttentionShape& s = p.shape;
   const int64_t Dv = s.value_size, Tq = s.queries, Tk = s.keys;
   const T* values = static_cast<const T*>(p.values);
   T* context = static_cast<T*>(p.context);
   T* lse_out = static_cast<T*>(p.lse);
   T* weights = static_cast<T*>(p.weights);
-  parallel_tasks(s.batch * Tq, Tk * (s.features + Dv), [&](int64_t begin, int64_t end) {
-    std::vector<T> hidden(kKeyChunk * score.hidden_per_key());
-    ChunkRow<T> chunk;
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / Tq, length = s.length(b);
-      const T* v_b = values + b * Tk * Dv;
-      T* ctx = context + row * Dv;
-      std::fill_n(ctx, Dv, T(0));
-      T running_max = -std::numeric_limits<T>::infinity(), total = 0;
+  const int64_t groups = s.batch * ((Tq + R - 1) / R);
+  parallel_tasks(groups, R * Tk * (s.features + Dv), [&](int64_t begin, int64_t end) {
+    std::vector<T> hidden(kKeyChunk * score.hidden_per_key()), spare((R - 1) * Dv);
+    ChunkRow<T> chunk[R];
+    const T* chunk_weights[R];
+    for (int64_t r = 0; r < R; ++r) chunk_weights[r] = chunk[r].at;
+    for (int64_t task = begin; task < end; ++task) {
+      const RowGroup g = row_group<R>(task, Tq);
+      const int64_t length = s.length(g.b);
+      const T* v_b = values + g.b * Tk * Dv;
+      T* ctx[R];
+      zeroed_group_rows<R>(context, g, Dv, spare.data(), ctx);
+      T running_max[R], total[R];
+      std::fill_n(running_max, R, -std::numeric_limits<T>::infinity());
+      std::fill_n(total, R, T(0));
       for (int64_t j0 = 0; j0 < length; j0 += kKeyChunk) {
         const int64_t n = std::min(kKeyChunk, length - j0);
-        score.chunk_scores(row, b, j0, n, chunk, hidden.data());
-        const T chunk_max = *std::max_element(chunk.at, chunk.at + n);
-        if (weights) std::copy_n(chunk.at, n, weights + row * Tk + j0);  // scores, for now
-        const T new_max = std::max(running_max, chunk_max);
-        const T rescale = std::exp(running_max - new_max);  // 0 on the first chunk
-        total *= rescale;
-        scale_in_place(ctx, rescale, Dv);
-        exp_shifted(chunk, new_max, n);
-        for (int64_t c = 0; c < n; ++c) total += chunk.at[c];
-        add_weighted_rows(ctx, chunk.at, v_b + j0 * Dv, n, Dv);
-        running_max = new_max;
+        score.chunk_scores(g.first_row, g.count, g.b, j0, n, chunk, hidden.data());
+        for (int64_t r = 0; r < R; ++r) {
+          const T chunk_max = *std::max_element(chunk[r].at, chunk[r].at + n);
+          if (weights && r < g.count) {
+            std::copy_n(chunk[r].at, n, weights + (g.first_row + r) * Tk + j0);  // scores, for now
+          }
+          const T new_max = std::max(running_max[r], chunk_max);
+          const T rescale = std::exp(running_max[r] - new_max);  // 0 on the first chunk
+          total[r] *= rescale;
+          scale_in_place(ctx[r], rescale, Dv);
+          exp_shifted(chunk[r], new_max, n);
+          for (int64_t c = 0; c < n; ++c) total[r] += chunk[r].at[c];
+          running_max[r] = new_max;
+        }
+        add_weighted_rows<R>(ctx, chunk_weights, v_b + j0 * Dv, n, Dv);
       }
-      scale_in_place(ctx, T(1) / total, Dv);
-      const T lse = running_max + std::log(total);
-      lse_out[row] = lse;
-      if (weights) {
-        T* w = weights + row * Tk;
-        for (int64_t j = 0; j < length; ++j) w[j] = std::exp(w[j] - lse);
-        std::fill(w + length, w + Tk, T(0));
+      for (int64_t r = 0; r < g.count; ++r) {
+        const int64_t row = g.first_row + r;
+        scale_in_place(ctx[r], T(1) / total[r], Dv);
+        const T lse = running_max[r] + std::log(total[r]);
+        lse_out[row] = lse;
+        if (weights) {
+          T* w = weights + row * Tk;
+          for (int64_t j = 0; j < length; ++j) w[j] = std::exp(w[j] - lse);
+          std::fill(w + length, w + Tk, T(0));
+        }
       }
     }
   });
@@ -341,56 +443,70 @@ void softmax_deltas(const AttentionBackward& p, T* delta) {
   });
 }
 
-/// The recomputed pieces of one query row against one key chunk.
+/// The recomputed pieces of a group of Score::kRows query rows against one key chunk.
 template <typename scalar_t, typename T, typename Score>
 struct ChunkGradient {
+  static constexpr int64_t R = Score::kRows;
   const AttentionBackward& p;
   const Score& score;
   const T* delta;
   const TransposedRows<T>& values_across;
 
-  /// weight[c] = P and ds[c] = dS of query row `row` (= b * Tq + i) and key j0 + c of batch row
-  /// b, for c < n; fills `hidden` (the score's, per key).
-  void operator()(int64_t row, int64_t b, int64_t j0, int64_t n, ChunkRow<T>& weight, ChunkRow<T>& ds,
-                  T* hidden) const {
+  /// weight[r].at[c] = P and ds[r].at[c] = dS of query row first_row + r (of batch row b) and key
+  /// j0 + c, for r < count, c < n (rows past count repeat the last); fills `hidden` (the score's).
+  void operator()(int64_t first_row, int64_t count, int64_t b, int64_t j0, int64_t n, ChunkRow<T>* weight,
+                  ChunkRow<T>* ds, T* hidden) const {
     const AttentionShape& s = p.shape;
-    score.chunk_scores(row, b, j0, n, weight, hidden);
-    exp_shifted(weight, static_cast<const T*>(p.lse)[row], n);
-    row_times_chunk(static_cast<const T*>(p.grad_context) + row * s.value_size, values_across.chunk(b, j0),
-                    values_across.stride(), s.value_size, ds);  // dP without grad_weights
-    const T* grad_weights = p.grad_weights ? static_cast<const T*>(p.grad_weights) + row * s.keys + j0 : nullptr;
-    for (int64_t c = 0; c < n; ++c) {
-      const T d_weight = grad_weights ? ds.at[c] + grad_weights[c] : ds.at[c];
-      ds.at[c] = round_to<scalar_t>(weight.at[c] * (d_weight - delta[row]));
+    const T* lse = static_cast<const T*>(p.lse);
+    score.chunk_scores(first_row, count, b, j0, n, weight, hidden);
+    const T* grad_context[R];
+    group_rows<R>(static_cast<const T*>(p.grad_context), first_row, count, s.value_size, grad_context);
+    rows_times_chunk<R>(grad_context, values_across.chunk(b, j0), values_across.stride(), s.value_size,
+                        ds);  // dP without grad_weights
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t row = first_row + std::min(r, count - 1);
+      exp_shifted(weight[r], lse[row], n);
+      const T* grad_weights = p.grad_weights ? static_cast<const T*>(p.grad_weights) + row * s.keys + j0 : nullptr;
+      for (int64_t c = 0; c < n; ++c) {
+        const T d_weight = grad_weights ? ds[r].at[c] + grad_weights[c] : ds[r].at[c];
+        ds[r].at[c] = round_to<scalar_t>(weight[r].at[c] * (d_weight - delta[row]));
+      }
     }
   }
 };
 
 template <typename scalar_t, typename T, typename Score>
 void query_gradients(const AttentionBackward& p, const Score& score, const ChunkGradient<scalar_t, T, Score>& pairs) {
+  constexpr int64_t R = Score::kRows;
   const AttentionShape& s = p.shape;
   const int64_t F = s.features, Tq = s.queries;
   T* d_query = static_cast<T*>(p.d_query);
-  parallel_tasks(s.batch * Tq, s.keys * (2 * F + s.value_size), [&](int64_t begin, int64_t end) {
-    std::vector<T> hidden(kKeyChunk * score.hidden_per_key());
-    ChunkRow<T> weight, ds;
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / Tq, length = s.length(b);
-      T* d_q = d_query + row * F;
-      std::fill_n(d_q, F, T(0));
+  const int64_t groups = s.batch * ((Tq + R - 1) / R);
+  parallel_tasks(groups, R * s.keys * (2 * F + s.value_size), [&](int64_t begin, int64_t end) {
+    std::vector<T> hidden(kKeyChunk * score.hidden_per_key()), spare((R - 1) * F);
+    ChunkRow<T> weight[R], ds[R];
+    for (int64_t task = begin; task < end; ++task) {
+      const RowGroup g = row_group<R>(task, Tq);
+      const int64_t length = s.length(g.b);
+      T* d_q[R];
+      zeroed_group_rows<R>(d_query, g, F, spare.data(), d_q);
       for (int64_t j0 = 0; j0 < length; j0 += kKeyChunk) {
         const int64_t n = std::min(kKeyChunk, length - j0);
-        pairs(row, b, j0, n, weight, ds, hidden.data());
-        score.add_query_gradients(b, j0, ds, n, hidden.data(), d_q);
+        pairs(g.first_row, g.count, g.b, j0, n, weight, ds, hidden.data());
+        score.add_query_gradients(g.b, j0, ds, n, hidden.data(), d_q);
       }
     }
   });
 }
 
-/// One task per chunk of kKeyChunk keys of one batch row, its query rows in order: each key's
-/// gradients are sums over the query rows in order, whatever the thread count.
+/// One task per chunk of kKeyChunk keys of one batch row. The weights and score gradients of a
+/// block of kRowBlock query rows against the chunk are gathered by key, then each key's gradients
+/// add up the block's rows with the key's row held in registers: each key's gradients are sums
+/// over the query rows in order, whatever the thread count.
 template <typename scalar_t, typename T, typename Score>
 void key_gradients(const AttentionBackward& p, const Score& score, const ChunkGradient<scalar_t, T, Score>& pairs) {
+  constexpr int64_t R = Score::kRows;
+  static_assert(kRowBlock % R == 0, "a block of query rows is whole groups");
   const AttentionShape& s = p.shape;
   const int64_t F = s.features, Dv = s.value_size, Tq = s.queries, Tk = s.keys;
   const int64_t chunks = (Tk + kKeyChunk - 1) / kKeyChunk;
@@ -400,24 +516,38 @@ void key_gradients(const AttentionBackward& p, const Score& score, const ChunkGr
   T* d_values = static_cast<T*>(p.d_values);
   parallel_tasks(s.batch * chunks, Tq * kKeyChunk * (2 * F + 2 * Dv), [&](int64_t begin, int64_t end) {
     std::vector<T> hidden(kKeyChunk * score.hidden_per_key());
-    ChunkRow<T> weight, ds;
+    std::vector<T> weight_by_key(kKeyChunk * kRowBlock), ds_by_key(kKeyChunk * kRowBlock);
+    ChunkRow<T> weight[R], ds[R];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks, j0 = task % chunks * kKeyChunk;
       const int64_t first = b * Tk + j0, rows = std::min(kKeyChunk, Tk - j0);
-      std::fill_n(d_keys + first * F, rows * F, T(0));
-      std::fill_n(d_values + first * Dv, rows * Dv, T(0));
-      if (d_v_rows) std::fill_n(d_v_rows + first * F, rows * F, T(0));
+      T* d_k = d_keys + first * F;
+      T* d_val = d_values + first * Dv;
+      T* d_v = d_v_rows ? d_v_rows + first * F : nullptr;
+      std::fill_n(d_k, rows * F, T(0));
+      std::fill_n(d_val, rows * Dv, T(0));
+      if (d_v) std::fill_n(d_v, rows * F, T(0));
       const int64_t n = std::clamp<int64_t>(s.length(b) - j0, 0, rows);  // masked keys: zero gradients
       if (n == 0) continue;
-      for (int64_t i = 0; i < Tq; ++i) {
-        const int64_t row = b * Tq + i;
-        pairs(row, b, j0, n, weight, ds, hidden.data());
-        for (int64_t c = 0; c < n; ++c) {
-          const int64_t key_row = first + c;
-          axpy(d_values + key_row * Dv, round_to<scalar_t>(weight.at[c]), grad_context + row * Dv, Dv);
-          score.add_key_gradient(ds.at[c], row, hidden.data() + c * score.hidden_per_key(), d_keys + key_row * F,
-                                 d_v_rows ? d_v_rows + key_row * F : nullptr);
+      for (int64_t i0 = 0; i0 < Tq; i0 += kRowBlock) {
+        const int64_t block = std::min(kRowBlock, Tq - i0), first_row = b * Tq + i0;
+        for (int64_t r0 = 0; r0 < block; r0 += R) {
+          const int64_t count = std::min(R, block - r0);
+          pairs(first_row + r0, count, b, j0, n, weight, ds, hidden.data());
+          for (int64_t r = 0; r < count; ++r) {
+            score.add_key_gradients_of_row(ds[r], n, hidden.data(), d_k, d_v);
+            for (int64_t c = 0; c < n; ++c) {
+              weight_by_key[c * kRowBlock + r0 + r] = round_to<scalar_t>(weight[r].at[c]);
+              ds_by_key[c * kRowBlock + r0 + r] = ds[r].at[c];
+            }
+          }
         }
+        for (int64_t c = 0; c < n; ++c) {
+          T* out = d_val + c * Dv;
+          const T* key_weights = weight_by_key.data() + c * kRowBlock;
+          add_weighted_rows<1>(&out, &key_weights, grad_context + first_row * Dv, block, Dv);
+        }
+        score.add_key_gradients_of_block(first_row, block, ds_by_key.data(), n, d_k);
       }
     }
   });
