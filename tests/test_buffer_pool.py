@@ -190,3 +190,19 @@ def test_a_forked_child_allocates_from_its_copy_of_the_pool(pool):
     assert child.exitcode == 0
     assert queue.get(timeout=1) == BLOCK
     assert native.cpu_buffer_pool()["cached_bytes"] == BLOCK
+
+
+def test_attention_outputs_and_scratch_come_from_the_pool(pool):
+    """The dot-product attention ops' outputs and their transposed copies of keys and values
+    ([B, D, Tk rounded up to 64]) above 1 MiB are pooled blocks: the forward's context stays in
+    use and its key copy goes back to the pool; the backward takes that block for d_query and
+    returns its own two copies."""
+    batch, steps, size = 4, 600, 128  # every buffer 1.17-1.25 MiB: one 2 MiB block each
+    query, keys, values = (torch.randn(batch, steps, size) for _ in range(3))
+    context, lse, _ = torch.ops.fused_rnn.native_dot_attention_forward(query, keys, values, None, 0.1, False)
+    assert native.cpu_buffer_pool() == {"cached_bytes": 2 * MiB, "in_use_bytes": 2 * MiB, "limit_bytes": 10 * BLOCK}
+    grads = torch.ops.fused_rnn.native_dot_attention_backward(
+        torch.ones_like(context), None, query, keys, values, None, context, lse, None, 0.1)
+    assert native.cpu_buffer_pool() == {"cached_bytes": 4 * MiB, "in_use_bytes": 8 * MiB, "limit_bytes": 10 * BLOCK}
+    del context, grads
+    assert native.cpu_buffer_pool()["in_use_bytes"] == 0

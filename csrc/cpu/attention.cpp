@@ -1,9 +1,12 @@
 // The CPU kernels of fused_rnn::native_{additive,dot}_attention_{forward,backward}: argument
 // checks (../attention_checks.h, shared with the CUDA kernels), conversion to the accumulation
-// dtype, allocation, and the call into attention_impl.h (see attention.h for the algorithm).
+// dtype, allocation (the outputs and the kernels' scratch from the buffer pool, as the recurrences'
+// sequences: a fresh multi-MiB buffer per call costs more to fault in than the kernel to fill), and
+// the call into attention_impl.h (see attention.h for the algorithm).
 #include "attention.h"
 
 #include "../attention_checks.h"
+#include "empty_sequence.h"
 #include "../recurrence_checks.h"  // accumulation_dtype
 
 #include <ATen/ATen.h>
@@ -56,6 +59,11 @@ const void* data_or_null(const std::optional<Tensor>& t) {
   return t.has_value() ? t->const_data_ptr() : nullptr;
 }
 
+/// Scratch for a transposed copy of rows [B, Tk, width] (TransposedRows in attention_impl.h).
+Tensor transposed_scratch(const AttentionShape& shape, int64_t width, const at::TensorOptions& options) {
+  return empty_sequence({shape.batch, width, transposed_key_stride(shape.keys)}, options);
+}
+
 std::tuple<Tensor, Tensor, Tensor> attention_forward(AttentionScore score, const Tensor& query,
                                                      const Tensor& keys, const Tensor* v,
                                                      const Tensor& values,
@@ -68,16 +76,18 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward(AttentionScore score, const
   const Tensor v_acc = v ? acc(*v) : Tensor();
   const Tensor lengths = key_lengths.has_value() ? key_lengths->contiguous() : Tensor();
   shape.key_lengths = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-  Tensor context = at::empty({shape.batch, shape.queries, shape.value_size}, options);
+  Tensor context = empty_sequence({shape.batch, shape.queries, shape.value_size}, options);
   Tensor lse = at::empty({shape.batch, shape.queries}, options);
-  Tensor weights = need_weights ? at::empty({shape.batch, shape.queries, shape.keys}, options)
+  Tensor weights = need_weights ? empty_sequence({shape.batch, shape.queries, shape.keys}, options)
                                 : at::empty({0}, query.options());
   if (shape.batch * shape.queries > 0) {
+    const Tensor keys_across = v ? Tensor() : transposed_scratch(shape, shape.features, options);
     attention_kernels().forward(AttentionForward{
         dtype, score, shape, scale, query_acc.const_data_ptr(), keys_acc.const_data_ptr(),
         v ? v_acc.const_data_ptr() : nullptr, values_acc.const_data_ptr(),
         context.mutable_data_ptr(), lse.mutable_data_ptr(),
-        need_weights ? weights.mutable_data_ptr() : nullptr});
+        need_weights ? weights.mutable_data_ptr() : nullptr,
+        v ? nullptr : keys_across.mutable_data_ptr()});
   }
   return {context.to(dtype), lse, need_weights ? weights.to(dtype) : weights};
 }
@@ -114,16 +124,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward(
   const Tensor v_acc = v ? acc(*v) : Tensor();
   const Tensor lengths = key_lengths.has_value() ? key_lengths->contiguous() : Tensor();
   shape.key_lengths = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-  Tensor d_query = at::empty(query.sizes(), options);
-  Tensor d_keys = at::empty(keys.sizes(), options);
-  Tensor d_values = at::empty(values.sizes(), options);
-  Tensor d_v_rows = v ? at::empty(keys.sizes(), options) : Tensor();
+  Tensor d_query = empty_sequence(query.sizes(), options);
+  Tensor d_keys = empty_sequence(keys.sizes(), options);
+  Tensor d_values = empty_sequence(values.sizes(), options);
+  Tensor d_v_rows = v ? empty_sequence(keys.sizes(), options) : Tensor();
+  const Tensor keys_across = v ? Tensor() : transposed_scratch(shape, shape.features, options);
+  const Tensor values_across = transposed_scratch(shape, shape.value_size, options);
   attention_kernels().backward(AttentionBackward{
       dtype, score, shape, scale, grad_context_acc.const_data_ptr(), data_or_null(grad_weights_acc),
       query_acc.const_data_ptr(), keys_acc.const_data_ptr(), v ? v_acc.const_data_ptr() : nullptr,
       values_acc.const_data_ptr(), context_acc.const_data_ptr(), lse_acc.const_data_ptr(),
       data_or_null(weights_acc), d_query.mutable_data_ptr(), d_keys.mutable_data_ptr(),
-      v ? d_v_rows.mutable_data_ptr() : nullptr, d_values.mutable_data_ptr()});
+      v ? d_v_rows.mutable_data_ptr() : nullptr, d_values.mutable_data_ptr(),
+      v ? nullptr : keys_across.mutable_data_ptr(), values_across.mutable_data_ptr()});
   const Tensor d_v =
       v ? sum_rows_in_order(d_v_rows.view({shape.batch * shape.keys, shape.features})) : Tensor();
   return {d_query.to(dtype), d_keys.to(dtype), v ? d_v.to(dtype) : d_v, d_values.to(dtype)};

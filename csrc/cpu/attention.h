@@ -14,7 +14,7 @@
 // (d_keys, d_values, d_v, one task per chunk of keys), so that every output element has exactly one
 // writer: no atomics, and results do not depend on the thread count. Besides their outputs they
 // keep a transposed copy of the keys (dot score) and, in the backward, of the values: [B, F, Tk]
-// and [B, Dv, Tk], the size of those inputs.
+// and [B, Dv, Tk], the size of those inputs, which the caller allocates (transposed_key_stride).
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -24,6 +24,15 @@
 namespace fused_rnn::cpu {
 
 enum class AttentionScore { kAdditive, kDot };
+
+/// Keys scored together before one online-softmax update (a multiple of every vector size).
+constexpr int64_t kAttentionKeyChunk = 64;
+
+/// The row length of a transposed copy of keys or values, [B, width, stride]: Tk rounded up to
+/// whole key chunks.
+inline int64_t transposed_key_stride(int64_t keys) {
+  return (keys + kAttentionKeyChunk - 1) / kAttentionKeyChunk * kAttentionKeyChunk;
+}
 
 /// B batch rows, Tq queries, Tk keys, F score features (A for additive, D for dot), Dv value size.
 struct AttentionShape {
@@ -50,6 +59,7 @@ struct AttentionForward {
   void* context;       // [B, Tq, Dv], out
   void* lse;           // [B, Tq], out
   void* weights;       // [B, Tq, Tk], out; null when not asked for
+  void* keys_across;   // [B, F, transposed_key_stride(Tk)], scratch, dot only
 };
 
 struct AttentionBackward {
@@ -70,6 +80,8 @@ struct AttentionBackward {
   void* d_keys;              // [B, Tk, F], out
   void* d_v_rows;            // [B, Tk, F], out, additive only: each key row's share of d_v
   void* d_values;            // [B, Tk, Dv], out
+  void* keys_across;         // [B, F, transposed_key_stride(Tk)], scratch, dot only
+  void* values_across;       // [B, Dv, transposed_key_stride(Tk)], scratch
 };
 
 struct AttentionKernels {

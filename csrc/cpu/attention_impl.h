@@ -34,7 +34,7 @@ namespace attention_detail {
 
 // Keys scored together before one online-softmax update, and the keys of one task of the key
 // sweep. A multiple of every vector size: a chunk of a TransposedRows block is whole vectors.
-constexpr int64_t kKeyChunk = 64;
+constexpr int64_t kKeyChunk = kAttentionKeyChunk;
 // Query rows whose weights and score gradients the key sweep gathers before adding them up.
 constexpr int64_t kRowBlock = 64;
 // Multiply-adds worth a task of their own.
@@ -91,38 +91,35 @@ struct alignas(64) ChunkRow {
   T at[kKeyChunk] = {};
 };
 
-/// The [Tk, width] block of each batch row of rows [B, Tk, width], transposed to [width, stride]
-/// with stride = Tk rounded up to kKeyChunk and zeros past Tk: a key chunk of it is `width` rows of
-/// kKeyChunk consecutive keys, so that products with it run one key per vector lane.
+/// The [Tk, width] block of each batch row of rows [B, Tk, width], transposed into `out` [B, width,
+/// stride] (stride = transposed_key_stride(Tk), attention.h) with zeros past Tk: a key chunk of it
+/// is `width` rows of kKeyChunk consecutive keys, so that products with it run one key per vector
+/// lane.
 template <typename T>
 class TransposedRows {
  public:
-  TransposedRows(const T* rows, int64_t batch, int64_t keys, int64_t width)
-      : width_(width),
-        stride_((keys + kKeyChunk - 1) / kKeyChunk * kKeyChunk),
-        data_(static_cast<size_t>(batch * width * stride_)) {
+  TransposedRows(const T* rows, int64_t batch, int64_t keys, int64_t width, void* out)
+      : width_(width), stride_(transposed_key_stride(keys)), data_(static_cast<T*>(out)) {
     at::parallel_for(0, batch * width, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, keys)),
                      [&](int64_t begin, int64_t end) {
                        for (int64_t bw = begin; bw < end; ++bw) {
                          const int64_t b = bw / width, w = bw % width;
                          const T* column = rows + b * keys * width + w;
-                         T* out = data_.data() + bw * stride_;
-                         for (int64_t j = 0; j < keys; ++j) out[j] = column[j * width];
-                         std::fill(out + keys, out + stride_, T(0));
+                         T* row = data_ + bw * stride_;
+                         for (int64_t j = 0; j < keys; ++j) row[j] = column[j * width];
+                         std::fill(row + keys, row + stride_, T(0));
                        }
                      });
   }
 
   /// Keys j0 .. j0 + kKeyChunk of batch row b (j0 a multiple of kKeyChunk): [width] rows of
   /// leading dimension stride().
-  const T* chunk(int64_t b, int64_t j0) const {
-    return width_ == 0 ? nullptr : data_.data() + b * width_ * stride_ + j0;
-  }
+  const T* chunk(int64_t b, int64_t j0) const { return width_ == 0 ? nullptr : data_ + b * width_ * stride_ + j0; }
   int64_t stride() const { return stride_; }
 
  private:
   int64_t width_, stride_;
-  std::vector<T> data_;
+  T* data_;
 };
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -168,6 +165,36 @@ void exp_shifted(ChunkRow<T>& x, T shift, int64_t n) {
   for (int64_t c = 0; c < n; c += Vec<T>::size()) (Vec<T>::loadu(x.at + c) - s).exp().store(x.at + c);
 }
 
+/// The largest of x.at[0, n).
+template <typename T>
+T chunk_max(const ChunkRow<T>& x, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> largest(-std::numeric_limits<T>::infinity());
+  int64_t c = 0;
+  for (; c + L <= n; c += L) largest = at::vec::maximum(largest, Vec<T>::loadu(x.at + c));
+  T lanes[L];
+  largest.store(lanes);
+  T result = *std::max_element(lanes, lanes + L);
+  for (; c < n; ++c) result = std::max(result, x.at[c]);
+  return result;
+}
+
+/// The sum of x.at[0, n): lane-wise partial sums over whole vectors, then the lanes and the tail in
+/// order.
+template <typename T>
+T chunk_sum(const ChunkRow<T>& x, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> partial(0);
+  int64_t c = 0;
+  for (; c + L <= n; c += L) partial = partial + Vec<T>::loadu(x.at + c);
+  T lanes[L];
+  partial.store(lanes);
+  T result = 0;
+  for (int64_t l = 0; l < L; ++l) result += lanes[l];
+  for (; c < n; ++c) result += x.at[c];
+  return result;
+}
+
 /// out[r][w] += sum_{c < n} weight[r][c] * rows[c * width + w] for r < R, w < width, rows [n, width]
 /// contiguous: each element summed over c in order, four vectors of each out[r] in registers
 /// across the rows, each row's load serving all R.
@@ -202,6 +229,29 @@ void add_weighted_rows(T* const* out, const T* const* weight, const T* rows, int
       for (int64_t r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec<T>(weight[r][c]), x, acc[r]);
     }
     for (int64_t r = 0; r < R; ++r) acc[r].store(out[r] + w0, m);
+  }
+}
+
+/// out[c] += sum_{r < count} by_key[c * kRowBlock + r] * rows[r] for c < n, out rows [n, width] and
+/// rows [count, width] contiguous: each out row summed over `rows` in order, K of them at a time
+/// sharing the loads of `rows` (the key sweep's weighted sums, K = dot_rows).
+template <typename T>
+void add_block_to_keys(T* out, const T* by_key, const T* rows, int64_t count, int64_t n, int64_t width) {
+  constexpr int64_t K = dot_rows<T>();
+  int64_t c = 0;
+  for (; c + K <= n; c += K) {
+    T* outs[K];
+    const T* weights[K];
+    for (int64_t k = 0; k < K; ++k) {
+      outs[k] = out + (c + k) * width;
+      weights[k] = by_key + (c + k) * kRowBlock;
+    }
+    add_weighted_rows<K>(outs, weights, rows, count, width);
+  }
+  for (; c < n; ++c) {
+    T* row_out = out + c * width;
+    const T* weight = by_key + c * kRowBlock;
+    add_weighted_rows<1>(&row_out, &weight, rows, count, width);
   }
 }
 
@@ -275,7 +325,7 @@ struct AdditiveScore {
   }
 
   /// The dot score's: none here (the pairs' hidden is gone by the end of a block).
-  void add_key_gradients_of_block(int64_t, int64_t, const T*, int64_t, T*) const {}
+  void add_key_gradients_of_block(int64_t, int64_t, T*, int64_t, T*) const {}
 };
 
 /// score(i, j) = scale * q_i . k_j, kRows query rows against a chunk of the transposed keys.
@@ -317,15 +367,12 @@ struct DotScore {
   void add_key_gradients_of_row(const ChunkRow<T>&, int64_t, const T*, T*, T*) const {}
 
   /// d_k[c] += scale sum_r ds_by_key[c][r] q_(first_row + r) for c < n: rows of D of d_k from key
-  /// j0, against `rows` query rows from first_row (ds_by_key rows of kRowBlock).
-  void add_key_gradients_of_block(int64_t first_row, int64_t rows, const T* ds_by_key, int64_t n, T* d_k) const {
-    T scaled[kRowBlock];
+  /// j0, against `rows` query rows from first_row (ds_by_key rows of kRowBlock, scaled here).
+  void add_key_gradients_of_block(int64_t first_row, int64_t rows, T* ds_by_key, int64_t n, T* d_k) const {
     for (int64_t c = 0; c < n; ++c) {
-      for (int64_t r = 0; r < rows; ++r) scaled[r] = scale * ds_by_key[c * kRowBlock + r];
-      T* out = d_k + c * features;
-      const T* weight = scaled;
-      add_weighted_rows<1>(&out, &weight, query + first_row * features, rows, features);
+      for (int64_t r = 0; r < rows; ++r) ds_by_key[c * kRowBlock + r] *= scale;
     }
+    add_block_to_keys(d_k, ds_by_key, query + first_row * features, rows, n, features);
   }
 };
 
@@ -389,7 +436,7 @@ void forward_rows(const AttentionForward& p, const Score& score) {
         const int64_t n = std::min(kKeyChunk, length - j0);
         score.chunk_scores(g.first_row, g.count, g.b, j0, n, chunk, hidden.data());
         for (int64_t r = 0; r < R; ++r) {
-          const T chunk_max = *std::max_element(chunk[r].at, chunk[r].at + n);
+          const T chunk_max = attention_detail::chunk_max(chunk[r], n);
           if (weights && r < g.count) {
             std::copy_n(chunk[r].at, n, weights + (g.first_row + r) * Tk + j0);  // scores, for now
           }
@@ -398,7 +445,7 @@ void forward_rows(const AttentionForward& p, const Score& score) {
           total[r] *= rescale;
           scale_in_place(ctx[r], rescale, Dv);
           exp_shifted(chunk[r], new_max, n);
-          for (int64_t c = 0; c < n; ++c) total[r] += chunk[r].at[c];
+          total[r] += chunk_sum(chunk[r], n);
           running_max[r] = new_max;
         }
         add_weighted_rows<R>(ctx, chunk_weights, v_b + j0 * Dv, n, Dv);
@@ -542,11 +589,7 @@ void key_gradients(const AttentionBackward& p, const Score& score, const ChunkGr
             }
           }
         }
-        for (int64_t c = 0; c < n; ++c) {
-          T* out = d_val + c * Dv;
-          const T* key_weights = weight_by_key.data() + c * kRowBlock;
-          add_weighted_rows<1>(&out, &key_weights, grad_context + first_row * Dv, block, Dv);
-        }
+        add_block_to_keys(d_val, weight_by_key.data(), grad_context + first_row * Dv, block, n, Dv);
         score.add_key_gradients_of_block(first_row, block, ds_by_key.data(), n, d_k);
       }
     }
@@ -559,7 +602,8 @@ void backward_with(const AttentionBackward& p, const Score& score) {
   const AttentionShape& s = p.shape;
   std::vector<T> delta(s.batch * s.queries);
   softmax_deltas<T>(p, delta.data());
-  const TransposedRows<T> values_across(static_cast<const T*>(p.values), s.batch, s.keys, s.value_size);
+  const TransposedRows<T> values_across(static_cast<const T*>(p.values), s.batch, s.keys, s.value_size,
+                                        p.values_across);
   const ChunkGradient<scalar_t, T, Score> pairs{p, score, delta.data(), values_across};
   query_gradients<scalar_t, T>(p, score, pairs);
   key_gradients<scalar_t, T>(p, score, pairs);
@@ -574,7 +618,7 @@ void forward(const AttentionForward& p) {
   if (p.score == AttentionScore::kAdditive) {
     forward_rows<T>(p, AdditiveScore<T>{static_cast<const T*>(p.v), query, keys, s.keys, s.features});
   } else {
-    const TransposedRows<T> keys_across(keys, s.batch, s.keys, s.features);
+    const TransposedRows<T> keys_across(keys, s.batch, s.keys, s.features, p.keys_across);
     forward_rows<T>(p, DotScore<T>{static_cast<T>(p.scale), query, keys, s.keys, s.features, keys_across});
   }
 }
@@ -588,7 +632,7 @@ void backward(const AttentionBackward& p) {
   if (p.score == AttentionScore::kAdditive) {
     backward_with<scalar_t>(p, AdditiveScore<T>{static_cast<const T*>(p.v), query, keys, s.keys, s.features});
   } else {
-    const TransposedRows<T> keys_across(keys, s.batch, s.keys, s.features);
+    const TransposedRows<T> keys_across(keys, s.batch, s.keys, s.features, p.keys_across);
     backward_with<scalar_t>(p, DotScore<T>{static_cast<T>(p.scale), query, keys, s.keys, s.features, keys_across});
   }
 }
