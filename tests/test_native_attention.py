@@ -22,6 +22,8 @@ CASES = [
     Case(batch=2, tq=1, tk=70, dq=6, dk=6, dv=0, attn=17, lengths=False, seed=1),
     Case(batch=2, tq=11, tk=131, dq=11, dk=11, dv=5, attn=19, lengths=True, seed=2),
     Case(batch=1, tq=7, tk=1, dq=3, dk=3, dv=2, attn=1, lengths=False, seed=3),
+    # more query rows than the key sweep gathers at once (64), in groups that do not divide them
+    Case(batch=2, tq=67, tk=70, dq=5, dk=5, dv=3, attn=6, lengths=True, seed=4),
 ]
 
 
