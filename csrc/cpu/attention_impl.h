@@ -329,9 +329,9 @@ struct AdditiveScore {
 };
 
 /// score(i, j) = scale * q_i . k_j, kRows query rows against a chunk of the transposed keys.
-template <typename T>
+template <typename T, int64_t Rows = dot_rows<T>()>
 struct DotScore {
-  static constexpr int64_t kRows = dot_rows<T>();
+  static constexpr int64_t kRows = Rows;
   T scale;
   const T* query;     // [B * Tq, D]
   const T* keys;      // [B * Tk, D]
@@ -609,17 +609,31 @@ void backward_with(const AttentionBackward& p, const Score& score) {
   key_gradients<scalar_t, T>(p, score, pairs);
 }
 
+/// run(score) with the dot score of these queries: dot_rows<T>() rows a group, or one where there
+/// are fewer queries (a decoder step's Tq = 1), whose groups would be mostly repeated rows.
+template <typename T, typename Run>
+void with_dot_score(const AttentionShape& s, double scale, const void* query, const void* keys, void* keys_across,
+                    const Run& run) {
+  const T* q = static_cast<const T*>(query);
+  const T* k = static_cast<const T*>(keys);
+  const TransposedRows<T> across(k, s.batch, s.keys, s.features, keys_across);
+  if (s.queries >= dot_rows<T>()) {
+    run(DotScore<T>{static_cast<T>(scale), q, k, s.keys, s.features, across});
+  } else {
+    run(DotScore<T, 1>{static_cast<T>(scale), q, k, s.keys, s.features, across});
+  }
+}
+
 template <typename scalar_t>
 void forward(const AttentionForward& p) {
   using T = at::opmath_type<scalar_t>;
   const AttentionShape& s = p.shape;
-  const T* query = static_cast<const T*>(p.query);
-  const T* keys = static_cast<const T*>(p.keys);
   if (p.score == AttentionScore::kAdditive) {
-    forward_rows<T>(p, AdditiveScore<T>{static_cast<const T*>(p.v), query, keys, s.keys, s.features});
+    forward_rows<T>(p, AdditiveScore<T>{static_cast<const T*>(p.v), static_cast<const T*>(p.query),
+                                        static_cast<const T*>(p.keys), s.keys, s.features});
   } else {
-    const TransposedRows<T> keys_across(keys, s.batch, s.keys, s.features, p.keys_across);
-    forward_rows<T>(p, DotScore<T>{static_cast<T>(p.scale), query, keys, s.keys, s.features, keys_across});
+    with_dot_score<T>(s, p.scale, p.query, p.keys, p.keys_across,
+                      [&](const auto& score) { forward_rows<T>(p, score); });
   }
 }
 
@@ -627,13 +641,12 @@ template <typename scalar_t>
 void backward(const AttentionBackward& p) {
   using T = at::opmath_type<scalar_t>;
   const AttentionShape& s = p.shape;
-  const T* query = static_cast<const T*>(p.query);
-  const T* keys = static_cast<const T*>(p.keys);
   if (p.score == AttentionScore::kAdditive) {
-    backward_with<scalar_t>(p, AdditiveScore<T>{static_cast<const T*>(p.v), query, keys, s.keys, s.features});
+    backward_with<scalar_t>(p, AdditiveScore<T>{static_cast<const T*>(p.v), static_cast<const T*>(p.query),
+                                                static_cast<const T*>(p.keys), s.keys, s.features});
   } else {
-    const TransposedRows<T> keys_across(keys, s.batch, s.keys, s.features, p.keys_across);
-    backward_with<scalar_t>(p, DotScore<T>{static_cast<T>(p.scale), query, keys, s.keys, s.features, keys_across});
+    with_dot_score<T>(s, p.scale, p.query, p.keys, p.keys_across,
+                      [&](const auto& score) { backward_with<scalar_t>(p, score); });
   }
 }
 
