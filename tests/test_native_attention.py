@@ -164,10 +164,11 @@ def test_native_dot_op_rejects_bad_scale_and_unpaired_weights():
             torch.ones_like(context), None, query, keys, values, None, context, lse, weights, 1.0)
 
 
+@pytest.mark.parametrize("tq", [40, 3], ids=["keys-transposed", "keys-by-pairs"])
 @pytest.mark.parametrize("score", ["additive", "dot"])
-def test_results_do_not_depend_on_thread_count(score):
+def test_results_do_not_depend_on_thread_count(score, tq):
     torch.manual_seed(5)  # large enough for several tasks per thread in every stage
-    forward_args = _forward_args(score, torch.float32, torch.tensor([300, 77]), True, tq=40, tk=300, a=64, dv=8)
+    forward_args = _forward_args(score, torch.float32, torch.tensor([300, 77]), True, tq=tq, tk=300, a=64, dv=8)
     backward_args = _backward_args(score, forward_args, True)
     forward = getattr(torch.ops.fused_rnn, f"native_{score}_attention_forward")
     backward = getattr(torch.ops.fused_rnn, f"native_{score}_attention_backward")

@@ -81,13 +81,14 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward(AttentionScore score, const
   Tensor weights = need_weights ? empty_sequence({shape.batch, shape.queries, shape.keys}, options)
                                 : at::empty({0}, query.options());
   if (shape.batch * shape.queries > 0) {
-    const Tensor keys_across = v ? Tensor() : transposed_scratch(shape, shape.features, options);
+    const bool copy_keys = !v && transposes_keys(shape);
+    const Tensor keys_across = copy_keys ? transposed_scratch(shape, shape.features, options) : Tensor();
     attention_kernels().forward(AttentionForward{
         dtype, score, shape, scale, query_acc.const_data_ptr(), keys_acc.const_data_ptr(),
         v ? v_acc.const_data_ptr() : nullptr, values_acc.const_data_ptr(),
         context.mutable_data_ptr(), lse.mutable_data_ptr(),
         need_weights ? weights.mutable_data_ptr() : nullptr,
-        v ? nullptr : keys_across.mutable_data_ptr()});
+        copy_keys ? keys_across.mutable_data_ptr() : nullptr});
   }
   return {context.to(dtype), lse, need_weights ? weights.to(dtype) : weights};
 }
@@ -128,15 +129,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward(
   Tensor d_keys = empty_sequence(keys.sizes(), options);
   Tensor d_values = empty_sequence(values.sizes(), options);
   Tensor d_v_rows = v ? empty_sequence(keys.sizes(), options) : Tensor();
-  const Tensor keys_across = v ? Tensor() : transposed_scratch(shape, shape.features, options);
-  const Tensor values_across = transposed_scratch(shape, shape.value_size, options);
+  const bool copy_keys = transposes_keys(shape);
+  const Tensor keys_across = copy_keys && !v ? transposed_scratch(shape, shape.features, options) : Tensor();
+  const Tensor values_across = copy_keys ? transposed_scratch(shape, shape.value_size, options) : Tensor();
   attention_kernels().backward(AttentionBackward{
       dtype, score, shape, scale, grad_context_acc.const_data_ptr(), data_or_null(grad_weights_acc),
       query_acc.const_data_ptr(), keys_acc.const_data_ptr(), v ? v_acc.const_data_ptr() : nullptr,
       values_acc.const_data_ptr(), context_acc.const_data_ptr(), lse_acc.const_data_ptr(),
       data_or_null(weights_acc), d_query.mutable_data_ptr(), d_keys.mutable_data_ptr(),
       v ? d_v_rows.mutable_data_ptr() : nullptr, d_values.mutable_data_ptr(),
-      v ? nullptr : keys_across.mutable_data_ptr(), values_across.mutable_data_ptr()});
+      keys_across.defined() ? keys_across.mutable_data_ptr() : nullptr,
+      values_across.defined() ? values_across.mutable_data_ptr() : nullptr});
   const Tensor d_v =
       v ? sum_rows_in_order(d_v_rows.view({shape.batch * shape.keys, shape.features})) : Tensor();
   return {d_query.to(dtype), d_keys.to(dtype), v ? d_v.to(dtype) : d_v, d_values.to(dtype)};

@@ -13,8 +13,9 @@
 // saved log-sum-exp, once in a sweep over query rows (d_query) and once in a sweep over key rows
 // (d_keys, d_values, d_v, one task per chunk of keys), so that every output element has exactly one
 // writer: no atomics, and results do not depend on the thread count. Besides their outputs they
-// keep a transposed copy of the keys (dot score) and, in the backward, of the values: [B, F, Tk]
-// and [B, Dv, Tk], the size of those inputs, which the caller allocates (transposed_key_stride).
+// keep, for more than a few queries (transposes_keys), a transposed copy of the keys (dot score)
+// and, in the backward, of the values: [B, F, Tk] and [B, Dv, Tk], the size of those inputs, which
+// the caller allocates (transposed_key_stride).
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -46,6 +47,14 @@ struct AttentionShape {
   int64_t length(int64_t b) const { return key_lengths == nullptr ? keys : key_lengths[b]; }
 };
 
+/// Whether the kernels copy keys (dot score) and values transposed: for more than 8 query rows a
+/// batch row. Fewer (a decoder step's one) multiply each key row too few times to pay for the copy
+/// and take their products by pairs: measured at B64 Tk60 D128, B8 Tk256 D64 and B32 Tk200
+/// D256 (2 threads, dot score), by pairs against transposed forward 31-227 against 121-1128 us at
+/// Tq = 1 and 44-452 against 58-1214 at Tq = 8, forward+backward about even at Tq = 8 but for
+/// D256 (1.9 against 4.1 ms).
+inline bool transposes_keys(const AttentionShape& shape) { return shape.queries > 8; }
+
 /// Every pointer is accumulation-dtype memory, contiguous.
 struct AttentionForward {
   c10::ScalarType dtype;
@@ -59,7 +68,7 @@ struct AttentionForward {
   void* context;       // [B, Tq, Dv], out
   void* lse;           // [B, Tq], out
   void* weights;       // [B, Tq, Tk], out; null when not asked for
-  void* keys_across;   // [B, F, transposed_key_stride(Tk)], scratch, dot only
+  void* keys_across;   // [B, F, transposed_key_stride(Tk)], scratch, dot only, if transposes_keys
 };
 
 struct AttentionBackward {
@@ -80,8 +89,8 @@ struct AttentionBackward {
   void* d_keys;              // [B, Tk, F], out
   void* d_v_rows;            // [B, Tk, F], out, additive only: each key row's share of d_v
   void* d_values;            // [B, Tk, Dv], out
-  void* keys_across;         // [B, F, transposed_key_stride(Tk)], scratch, dot only
-  void* values_across;       // [B, Dv, transposed_key_stride(Tk)], scratch
+  void* keys_across;         // [B, F, transposed_key_stride(Tk)], scratch, dot only, if transposes_keys
+  void* values_across;       // [B, Dv, transposed_key_stride(Tk)], scratch, if transposes_keys
 };
 
 struct AttentionKernels {

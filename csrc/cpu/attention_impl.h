@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -328,7 +329,8 @@ struct AdditiveScore {
   void add_key_gradients_of_block(int64_t, int64_t, T*, int64_t, T*) const {}
 };
 
-/// score(i, j) = scale * q_i . k_j, kRows query rows against a chunk of the transposed keys.
+/// score(i, j) = scale * q_i . k_j, kRows query rows against a chunk of the transposed keys, or
+/// one pair at a time where the keys are not transposed (transposes_keys, attention.h).
 template <typename T, int64_t Rows = dot_rows<T>()>
 struct DotScore {
   static constexpr int64_t kRows = Rows;
@@ -337,7 +339,7 @@ struct DotScore {
   const T* keys;      // [B * Tk, D]
   int64_t key_count;  // Tk
   int64_t features;
-  const TransposedRows<T>& keys_across;
+  const TransposedRows<T>* keys_across;  // null: scores by pairs
 
   int64_t hidden_per_key() const { return 0; }
 
@@ -346,7 +348,14 @@ struct DotScore {
                     T* /*hidden*/) const {
     const T* q[kRows];
     group_rows<kRows>(query, row, count, features, q);
-    rows_times_chunk<kRows>(q, keys_across.chunk(b, j0), keys_across.stride(), features, scores);
+    if (keys_across != nullptr) {
+      rows_times_chunk<kRows>(q, keys_across->chunk(b, j0), keys_across->stride(), features, scores);
+    } else {
+      const T* k = keys + (b * key_count + j0) * features;
+      for (int64_t r = 0; r < kRows; ++r) {
+        for (int64_t c = 0; c < n; ++c) scores[r].at[c] = dot(q[r], k + c * features, features);
+      }
+    }
     for (int64_t r = 0; r < kRows; ++r) {
       for (int64_t c = 0; c < n; ++c) scores[r].at[c] *= scale;
     }
@@ -497,7 +506,7 @@ struct ChunkGradient {
   const AttentionBackward& p;
   const Score& score;
   const T* delta;
-  const TransposedRows<T>& values_across;
+  const TransposedRows<T>* values_across;  // null: grad_context . values by pairs
 
   /// weight[r].at[c] = P and ds[r].at[c] = dS of query row first_row + r (of batch row b) and key
   /// j0 + c, for r < count, c < n (rows past count repeat the last); fills `hidden` (the score's).
@@ -508,8 +517,14 @@ struct ChunkGradient {
     score.chunk_scores(first_row, count, b, j0, n, weight, hidden);
     const T* grad_context[R];
     group_rows<R>(static_cast<const T*>(p.grad_context), first_row, count, s.value_size, grad_context);
-    rows_times_chunk<R>(grad_context, values_across.chunk(b, j0), values_across.stride(), s.value_size,
-                        ds);  // dP without grad_weights
+    if (values_across != nullptr) {  // dP without grad_weights
+      rows_times_chunk<R>(grad_context, values_across->chunk(b, j0), values_across->stride(), s.value_size, ds);
+    } else {
+      const T* values = static_cast<const T*>(p.values) + (b * s.keys + j0) * s.value_size;
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t c = 0; c < n; ++c) ds[r].at[c] = dot(grad_context[r], values + c * s.value_size, s.value_size);
+      }
+    }
     for (int64_t r = 0; r < R; ++r) {
       const int64_t row = first_row + std::min(r, count - 1);
       exp_shifted(weight[r], lse[row], n);
@@ -602,25 +617,28 @@ void backward_with(const AttentionBackward& p, const Score& score) {
   const AttentionShape& s = p.shape;
   std::vector<T> delta(s.batch * s.queries);
   softmax_deltas<T>(p, delta.data());
-  const TransposedRows<T> values_across(static_cast<const T*>(p.values), s.batch, s.keys, s.value_size,
-                                        p.values_across);
-  const ChunkGradient<scalar_t, T, Score> pairs{p, score, delta.data(), values_across};
+  std::optional<TransposedRows<T>> values_across;
+  if (transposes_keys(s)) values_across.emplace(static_cast<const T*>(p.values), s.batch, s.keys, s.value_size,
+                                                p.values_across);
+  const ChunkGradient<scalar_t, T, Score> pairs{p, score, delta.data(), values_across ? &*values_across : nullptr};
   query_gradients<scalar_t, T>(p, score, pairs);
   key_gradients<scalar_t, T>(p, score, pairs);
 }
 
 /// run(score) with the dot score of these queries: dot_rows<T>() rows a group, or one where there
-/// are fewer queries (a decoder step's Tq = 1), whose groups would be mostly repeated rows.
+/// are fewer queries (a decoder step's Tq = 1), whose groups would be mostly repeated rows; the
+/// keys transposed where transposes_keys says so.
 template <typename T, typename Run>
 void with_dot_score(const AttentionShape& s, double scale, const void* query, const void* keys, void* keys_across,
                     const Run& run) {
   const T* q = static_cast<const T*>(query);
   const T* k = static_cast<const T*>(keys);
-  const TransposedRows<T> across(k, s.batch, s.keys, s.features, keys_across);
-  if (s.queries >= dot_rows<T>()) {
-    run(DotScore<T>{static_cast<T>(scale), q, k, s.keys, s.features, across});
+  std::optional<TransposedRows<T>> across;
+  if (transposes_keys(s)) across.emplace(k, s.batch, s.keys, s.features, keys_across);
+  if (across) {
+    run(DotScore<T>{static_cast<T>(scale), q, k, s.keys, s.features, &*across});
   } else {
-    run(DotScore<T, 1>{static_cast<T>(scale), q, k, s.keys, s.features, across});
+    run(DotScore<T, 1>{static_cast<T>(scale), q, k, s.keys, s.features, nullptr});
   }
 }
 
