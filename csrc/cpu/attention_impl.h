@@ -2,12 +2,13 @@
 // compiled once per CPU capability. The including file defines CPU_CAPABILITY (the namespace the
 // kernels land in) and, for a vector ISA, CPU_CAPABILITY_<ISA> and the matching target options.
 //
-// Stages: forward_rows (online softmax over key chunks, one task per query row), then for the
-// backward softmax_deltas, query_gradients (one task per query row) and key_gradients (one task
-// per chunk of keys). A score policy (AdditiveScore, DotScore) supplies the scores of one query
-// row against a chunk of keys and their gradients. Products that run over a chunk's keys (the dot
-// scores, grad_context . values) read the keys or values transposed (TransposedRows), one key per
-// vector lane, instead of one dot product and its horizontal sum per pair.
+// Stages: forward_rows (online softmax over key chunks, one task per group of query rows), then
+// for the backward softmax_deltas, query_gradients (one task per group of query rows) and
+// key_gradients (one task per chunk of keys). A score policy (AdditiveScore, DotScore) supplies
+// the scores of a group of query rows (Score::kRows) against a chunk of keys and their gradients.
+// Where there are more than a few queries (transposes_keys, attention.h), products that run over
+// a chunk's keys (the dot scores, grad_context . values) read the keys or values transposed
+// (TransposedRows), one key per vector lane; otherwise they take one dot product per pair.
 #pragma once
 
 #include <ATen/Dispatch.h>
