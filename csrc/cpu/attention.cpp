@@ -129,9 +129,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_backward(
   Tensor d_keys = empty_sequence(keys.sizes(), options);
   Tensor d_values = empty_sequence(values.sizes(), options);
   Tensor d_v_rows = v ? empty_sequence(keys.sizes(), options) : Tensor();
-  const bool copy_keys = transposes_keys(shape);
-  const Tensor keys_across = copy_keys && !v ? transposed_scratch(shape, shape.features, options) : Tensor();
-  const Tensor values_across = copy_keys ? transposed_scratch(shape, shape.value_size, options) : Tensor();
+  const bool transposed = transposes_keys(shape);
+  const Tensor keys_across = transposed && !v ? transposed_scratch(shape, shape.features, options) : Tensor();
+  const Tensor values_across = transposed ? transposed_scratch(shape, shape.value_size, options) : Tensor();
   attention_kernels().backward(AttentionBackward{
       dtype, score, shape, scale, grad_context_acc.const_data_ptr(), data_or_null(grad_weights_acc),
       query_acc.const_data_ptr(), keys_acc.const_data_ptr(), v ? v_acc.const_data_ptr() : nullptr,

@@ -53,6 +53,8 @@ struct AttentionShape {
 /// D256 (2 threads, dot score), by pairs against transposed forward 31-227 against 121-1128 us at
 /// Tq = 1 and 44-452 against 58-1214 at Tq = 8, forward+backward about even at Tq = 8 but for
 /// D256 (1.9 against 4.1 ms).
+/// The caller decides, by allocating the scratch (attention.cpp); the kernels transpose exactly
+/// where they are given it.
 inline bool transposes_keys(const AttentionShape& shape) { return shape.queries > 8; }
 
 /// Every pointer is accumulation-dtype memory, contiguous.
@@ -68,7 +70,7 @@ struct AttentionForward {
   void* context;       // [B, Tq, Dv], out
   void* lse;           // [B, Tq], out
   void* weights;       // [B, Tq, Tk], out; null when not asked for
-  void* keys_across;   // [B, F, transposed_key_stride(Tk)], scratch, dot only, if transposes_keys
+  void* keys_across;   // [B, F, transposed_key_stride(Tk)], scratch where transposes_keys (dot), else null
 };
 
 struct AttentionBackward {
@@ -89,8 +91,8 @@ struct AttentionBackward {
   void* d_keys;              // [B, Tk, F], out
   void* d_v_rows;            // [B, Tk, F], out, additive only: each key row's share of d_v
   void* d_values;            // [B, Tk, Dv], out
-  void* keys_across;         // [B, F, transposed_key_stride(Tk)], scratch, dot only, if transposes_keys
-  void* values_across;       // [B, Dv, transposed_key_stride(Tk)], scratch, if transposes_keys
+  void* keys_across;         // [B, F, transposed_key_stride(Tk)], scratch where transposes_keys (dot), else null
+  void* values_across;       // [B, Dv, transposed_key_stride(Tk)], scratch where transposes_keys, else null
 };
 
 struct AttentionKernels {

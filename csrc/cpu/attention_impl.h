@@ -619,7 +619,7 @@ void backward_with(const AttentionBackward& p, const Score& score) {
   std::vector<T> delta(s.batch * s.queries);
   softmax_deltas<T>(p, delta.data());
   std::optional<TransposedRows<T>> values_across;
-  if (transposes_keys(s)) values_across.emplace(static_cast<const T*>(p.values), s.batch, s.keys, s.value_size,
+  if (p.values_across != nullptr) values_across.emplace(static_cast<const T*>(p.values), s.batch, s.keys, s.value_size,
                                                 p.values_across);
   const ChunkGradient<scalar_t, T, Score> pairs{p, score, delta.data(), values_across ? &*values_across : nullptr};
   query_gradients<scalar_t, T>(p, score, pairs);
@@ -628,14 +628,14 @@ void backward_with(const AttentionBackward& p, const Score& score) {
 
 /// run(score) with the dot score of these queries: dot_rows<T>() rows a group, or one where there
 /// are fewer queries (a decoder step's Tq = 1), whose groups would be mostly repeated rows; the
-/// keys transposed where transposes_keys says so.
+/// keys transposed where the caller gave scratch for them (transposes_keys, attention.h).
 template <typename T, typename Run>
 void with_dot_score(const AttentionShape& s, double scale, const void* query, const void* keys, void* keys_across,
                     const Run& run) {
   const T* q = static_cast<const T*>(query);
   const T* k = static_cast<const T*>(keys);
   std::optional<TransposedRows<T>> across;
-  if (transposes_keys(s)) across.emplace(k, s.batch, s.keys, s.features, keys_across);
+  if (keys_across != nullptr) across.emplace(k, s.batch, s.keys, s.features, keys_across);
   if (across) {
     run(DotScore<T>{static_cast<T>(scale), q, k, s.keys, s.features, &*across});
   } else {
